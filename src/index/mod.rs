@@ -1,0 +1,18 @@
+//! The suffix-array index: format, construction, opening, checking and queries.
+
+pub mod build;
+pub mod format;
+pub mod open;
+pub mod query;
+pub mod sa;
+pub mod tokenizer;
+pub mod tokens;
+pub mod verify;
+pub mod write;
+
+pub use build::{build, BuildObserver, BuildOptions, BuildReport};
+pub use format::{Manifest, ShardFile};
+pub use open::{Index, OpenOptions, Shard};
+pub use query::FindResult;
+pub use tokens::TokenBuf;
+pub use verify::VerifyReport;

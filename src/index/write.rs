@@ -1,0 +1,157 @@
+//! Files written with a running checksum, and the atomic swap of a finished index into place.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{FileDigest, MANIFEST_FILE};
+use crate::error::{Error, IoContext, Result};
+
+/// A buffered file writer that hashes what it writes.
+pub struct HashingWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl HashingWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).at(path)?;
+        Ok(HashingWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            bytes: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flush, fsync and return the file's digest.
+    pub fn finish(self) -> Result<FileDigest> {
+        let path = self.path;
+        let file = self.out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
+        file.sync_all().at(&path)?;
+        Ok(FileDigest {
+            bytes: self.bytes,
+            xxh3: format!("{:016x}", self.hasher.digest()),
+        })
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Write one whole file through a `HashingWriter`.
+pub fn write_file(path: &Path, fill: impl FnOnce(&mut HashingWriter) -> std::io::Result<()>) -> Result<FileDigest> {
+    let mut w = HashingWriter::create(path)?;
+    fill(&mut w).at(path)?;
+    w.finish()
+}
+
+/// Checksum of a byte slice, as recorded in manifests.
+pub fn digest_of(bytes: &[u8]) -> FileDigest {
+    FileDigest {
+        bytes: bytes.len() as u64,
+        xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
+    }
+}
+
+/// Is `dir` something a forced build may replace: an index, or an empty folder?
+fn replaceable(dir: &Path) -> bool {
+    if dir.join(MANIFEST_FILE).is_file() || dir.join("tokenized.0").is_file() {
+        return true;
+    }
+    std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false)
+}
+
+/// A build in progress: a hidden temporary folder beside the destination, renamed into place at
+/// the end, removed if the build fails or is dropped.
+pub struct Staging {
+    dir: tempfile::TempDir,
+    dest: PathBuf,
+    force: bool,
+}
+
+impl Staging {
+    pub fn new(dest: &Path, force: bool) -> Result<Self> {
+        if dest.exists() {
+            if !force {
+                return Err(Error::IndexExists(dest.to_path_buf()));
+            }
+            if !dest.is_dir() || !replaceable(dest) {
+                return Err(Error::Invalid(format!(
+                    "refusing to replace {}: it is not an index or an empty folder",
+                    dest.display()
+                )));
+            }
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).at(&parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix(".ibid-build-")
+            .tempdir_in(&parent)
+            .at(&parent)?;
+        Ok(Staging {
+            dir,
+            dest: dest.to_path_buf(),
+            force,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Move the finished index into place. An index already there (with `force`) is moved aside
+    /// first and removed only after the new one is in place.
+    pub fn commit(self) -> Result<()> {
+        let parent = self.dir.path().parent().map(Path::to_path_buf).unwrap_or_default();
+        let staged = self.dir.keep();
+        let mut old = None;
+        if self.dest.exists() {
+            if !self.force {
+                let _ = std::fs::remove_dir_all(&staged);
+                return Err(Error::IndexExists(self.dest));
+            }
+            let aside = tempfile::Builder::new()
+                .prefix(".ibid-old-")
+                .tempdir_in(&parent)
+                .at(&parent)?
+                .keep();
+            std::fs::remove_dir(&aside).at(&aside)?;
+            std::fs::rename(&self.dest, &aside).at(&self.dest)?;
+            old = Some(aside);
+        }
+        if let Err(e) = std::fs::rename(&staged, &self.dest) {
+            if let Some(aside) = &old {
+                let _ = std::fs::rename(aside, &self.dest);
+            }
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(Error::io(&self.dest, e));
+        }
+        if let Ok(d) = File::open(&parent) {
+            let _ = d.sync_all();
+        }
+        if let Some(aside) = old {
+            std::fs::remove_dir_all(&aside).at(&aside)?;
+        }
+        Ok(())
+    }
+}

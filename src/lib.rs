@@ -1,0 +1,12 @@
+//! ibid: corpus suffix-array indexes in infini-gram's layout, n-gram queries over them, and (in
+//! later modules) lossless draft-and-verify generation with a llama.cpp model.
+//!
+//! Data flows one way: [`corpus`] → [`tokenize`] → [`index`] (build, open, query).
+
+pub mod corpus;
+pub mod error;
+pub mod index;
+pub mod llama;
+pub mod tokenize;
+
+pub use error::{Error, Result};

@@ -1,0 +1,281 @@
+//! The `ibid` command line: a thin layer over the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use ibid::corpus::{CorpusOptions, InputFormat};
+use ibid::index::{self, BuildObserver, BuildOptions, Index, OpenOptions};
+use ibid::tokenize::{TokenWidth, TokenizerSpec};
+
+#[derive(Parser)]
+#[command(name = "ibid", version, about = "Suffix-array corpus indexes, n-gram queries and lossless accelerated generation")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an index from text, JSONL, .gz/.zst files, folders or stdin (`-`).
+    Build(BuildArgs),
+    /// Print an index's manifest and statistics.
+    Info(IndexArgs),
+    /// Check sizes, checksums and suffix-array pointers of an index.
+    Verify {
+        #[command(flatten)]
+        index: IndexArgs,
+        /// Also check that the suffix array is sorted (reads every suffix).
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Count the occurrences of an n-gram.
+    Count(QueryArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Text,
+    Jsonl,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Corpus files or folders; `-` reads stdin.
+    #[arg(required = true)]
+    corpus: Vec<PathBuf>,
+    /// Output folder (default: index/<name of the first input>).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// `bytes`, or `gguf:PATH` for the vocabulary of a GGUF model.
+    #[arg(long, default_value = "bytes")]
+    tokenizer: TokenizerSpec,
+    /// How to read files: by extension (auto), each file one document (text), or JSONL.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// The JSONL field that holds the text; other fields become metadata.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Memory to plan shards for, e.g. 512M or 8G (default: half of the available memory).
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// At most this many tokens per shard.
+    #[arg(long)]
+    shard_tokens: Option<u64>,
+    /// Replace an existing index at the output path.
+    #[arg(long)]
+    force: bool,
+    /// Skip bad documents (invalid JSON or UTF-8, missing text field) and count them.
+    #[arg(long)]
+    skip_bad: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    /// The index folder.
+    index: PathBuf,
+    /// Token width in bytes (1, 2 or 4) of an index without a manifest; guessed when absent.
+    #[arg(long, value_parser = parse_width)]
+    token_width: Option<TokenWidth>,
+}
+
+impl IndexArgs {
+    fn open(&self) -> Result<Index> {
+        Index::open_with(&self.index, &OpenOptions { token_width: self.token_width })
+            .with_context(|| format!("cannot open index {}", self.index.display()))
+    }
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    index: IndexArgs,
+    /// The query text (or token ids with --ids).
+    query: String,
+    /// The query is whitespace-separated token ids.
+    #[arg(long)]
+    ids: bool,
+    /// The tokenizer for text queries (default: the one in the manifest).
+    #[arg(long)]
+    tokenizer: Option<TokenizerSpec>,
+}
+
+fn parse_width(s: &str) -> Result<TokenWidth, String> {
+    let n: u8 = s.parse().map_err(|_| format!("not a number: {s}"))?;
+    TokenWidth::try_from(n)
+}
+
+/// Sizes like `512M`, `8G`, `1.5GiB` or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let value: f64 = num.trim().parse().map_err(|_| format!("not a size: {s}"))?;
+    if !(value > 0.0) {
+        return Err(format!("size must be positive: {s}"));
+    }
+    Ok((value * mult as f64) as u64)
+}
+
+/// Draws the build progress bar on stderr.
+struct Bar {
+    bar: ProgressBar,
+    start: Instant,
+}
+
+impl BuildObserver for Bar {
+    fn started(&self, input_bytes: u64) {
+        self.bar.set_length(input_bytes);
+    }
+    fn progress(&self, bytes_read: u64, tokens: u64) {
+        self.bar.set_position(bytes_read);
+        let rate = tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!("{tokens} tokens, {:.0} tokens/s", rate));
+    }
+    fn stage(&self, message: &str) {
+        self.bar.set_message(message.to_string());
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
+    let tokenizer = args.tokenizer.load().context("cannot load the tokenizer")?;
+    let output = args.output.clone().unwrap_or_else(|| index::build::default_output(&args.corpus));
+    let mut options = BuildOptions::new(&output);
+    options.force = args.force;
+    options.corpus = CorpusOptions {
+        format: match args.format {
+            FormatArg::Auto => InputFormat::Auto,
+            FormatArg::Text => InputFormat::Text,
+            FormatArg::Jsonl => InputFormat::Jsonl,
+        },
+        text_field: args.text_field.clone(),
+        skip_bad: args.skip_bad,
+    };
+    if let Some(m) = args.memory {
+        options.memory_budget = m;
+    }
+    options.max_shard_tokens = args.shard_tokens;
+    options.threads = threads;
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ETA {eta} {msg}")
+            .expect("valid template"),
+    );
+    let observer = Bar { bar, start: Instant::now() };
+    let report = index::build(&args.corpus, tokenizer.as_ref(), &options, &observer)
+        .with_context(|| format!("building {} failed; nothing was written there", output.display()))?;
+    observer.bar.finish_and_clear();
+    let m = &report.manifest;
+    print_json(&json!({
+        "output": report.output,
+        "documents": m.documents,
+        "tokens": m.tokens,
+        "shards": m.shards.len(),
+        "token_width": m.token_width,
+        "tokenizer": m.tokenizer,
+        "input_bytes": report.input_bytes,
+        "text_bytes": report.text_bytes,
+        "skipped": {"bad": m.build.read.skipped_bad, "empty": m.build.read.skipped_empty, "reasons": m.build.read.skip_reasons},
+        "timings": report.timings,
+        "tokens_per_s": m.tokens as f64 / report.timings.read_tokenize_s.max(1e-9),
+    }))
+}
+
+fn run_info(args: IndexArgs) -> Result<()> {
+    let index = args.open()?;
+    let shards: Vec<_> = index
+        .shards
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id, "documents": s.documents(), "tokens": s.tokens(), "pointer_width": s.pointer_width,
+                "bytes": s.tokenized.len() + s.table.len() + s.offsets.len()
+                    + s.metadata.as_ref().map_or(0, |m| m.len()) + s.metaoff.as_ref().map_or(0, |m| m.len()),
+            })
+        })
+        .collect();
+    let bytes: u64 = shards.iter().map(|s| s["bytes"].as_u64().unwrap_or(0)).sum();
+    print_json(&json!({
+        "index": index.dir,
+        "layout": if index.manifest.is_some() { "ibid (infini-gram v4 + ibid.json)" } else { "infini-gram v4 (no manifest)" },
+        "token_width": index.width,
+        "documents": index.documents(),
+        "tokens": index.tokens(),
+        "bytes": bytes,
+        "bytes_per_token": bytes as f64 / index.tokens().max(1) as f64,
+        "shards": shards,
+        "manifest": index.manifest,
+    }))
+}
+
+fn run_verify(args: IndexArgs, deep: bool) -> Result<()> {
+    let index = args.open()?;
+    let report = index.verify(deep).with_context(|| format!("index {} failed verification", args.index.display()))?;
+    print_json(&json!({"ok": true, "report": report}))
+}
+
+fn query_ids(args: &QueryArgs, index: &Index) -> Result<Vec<u32>> {
+    if args.ids {
+        return args
+            .query
+            .split_whitespace()
+            .map(|t| t.parse::<u32>().with_context(|| format!("not a token id: {t}")))
+            .collect();
+    }
+    let tokenizer = index.tokenizer(args.tokenizer.as_ref())?;
+    Ok(ibid::tokenize::tokenize(tokenizer.as_ref(), &args.query))
+}
+
+fn run_count(args: QueryArgs) -> Result<()> {
+    let index = args.index.open()?;
+    let ids = query_ids(&args, &index)?;
+    let start = Instant::now();
+    let count = index.count(&ids)?;
+    let us = start.elapsed().as_secs_f64() * 1e6;
+    print_json(&json!({"query_ids": ids, "count": count, "latency_us": us}))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if matches!(cli.command, Command::Build(_)) && std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        // libsais's OpenMP threads spin while idle otherwise, which starves the other core.
+        std::env::set_var("OMP_WAIT_POLICY", "passive");
+    }
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let result = match cli.command {
+        Command::Build(args) => run_build(args, threads),
+        Command::Info(args) => run_info(args),
+        Command::Verify { index, deep } => run_verify(index, deep),
+        Command::Count(args) => run_count(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
