@@ -37,6 +37,17 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// Build the suffix arrays (`table.N`) for token files another tool wrote (`tokenized.N`).
+    Table {
+        /// The folder with `tokenized.N` (and `offset.N`).
+        dir: PathBuf,
+        /// Token width in bytes: 1, 2 or 4.
+        #[arg(long, value_parser = parse_width)]
+        token_width: TokenWidth,
+        /// Replace existing `table.N` files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Count the occurrences of an n-gram.
     Count(QueryArgs),
 }
@@ -263,7 +274,7 @@ fn run_count(args: QueryArgs) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if matches!(cli.command, Command::Build(_)) && std::env::var_os("OMP_WAIT_POLICY").is_none() {
+    if matches!(cli.command, Command::Build(_) | Command::Table { .. }) && std::env::var_os("OMP_WAIT_POLICY").is_none() {
         // libsais's OpenMP threads spin while idle otherwise, which starves the other core.
         std::env::set_var("OMP_WAIT_POLICY", "passive");
     }
@@ -273,6 +284,9 @@ fn main() {
         Command::Info(args) => run_info(args),
         Command::Verify { index, deep } => run_verify(index, deep),
         Command::Count(args) => run_count(args),
+        Command::Table { dir, token_width, force } => index::build::table_for_tokenized(&dir, token_width, threads, force)
+            .with_context(|| format!("cannot build the suffix arrays in {}", dir.display()))
+            .and_then(|r| print_json(&serde_json::to_value(r)?)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -43,11 +43,12 @@ impl BuildOptions {
     }
 }
 
-/// Half of the memory available now, or 4 GiB where that cannot be read.
+/// Half of the machine's memory, or 4 GiB where that cannot be read. Total rather than available
+/// memory, so that the same input gives the same shards on the same machine whatever else runs.
 pub fn default_memory_budget() -> u64 {
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
         info.lines()
-            .find(|l| l.starts_with("MemAvailable:"))
+            .find(|l| l.starts_with("MemTotal:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<u64>().ok())
             .map(|kb| kb * 1024)
@@ -330,4 +331,59 @@ pub fn default_output(inputs: &[PathBuf]) -> PathBuf {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "stdin".into());
     Path::new("index").join(name)
+}
+
+/// What `table_for_tokenized` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableReport {
+    pub shards: usize,
+    pub tokens: u64,
+    pub suffix_array_s: f64,
+    pub total_s: f64,
+}
+
+/// Build `table.N` for every `tokenized.N` in `dir` that another tool wrote (infini-gram's
+/// `make-part`/`merge`/`concat` stages, in one step). Each table is written beside its token file
+/// under a temporary name and renamed, so a failure leaves no partial table.
+pub fn table_for_tokenized(dir: &Path, width: TokenWidth, threads: usize, force: bool) -> Result<TableReport> {
+    let start = Instant::now();
+    let mut report = TableReport { shards: 0, tokens: 0, suffix_array_s: 0.0, total_s: 0.0 };
+    for id in 0.. {
+        let tok_path = dir.join(ShardFile::Tokenized.name(id));
+        if !tok_path.exists() {
+            break;
+        }
+        let table_path = dir.join(ShardFile::Table.name(id));
+        if table_path.exists() && !force {
+            return Err(Error::IndexExists(table_path));
+        }
+        let bytes = std::fs::read(&tok_path).at(&tok_path)?;
+        let w = width.bytes();
+        if bytes.is_empty() || bytes.len() % w != 0 {
+            return Err(Error::corrupt(&tok_path, format!("size {} is not a positive multiple of {w}", bytes.len())));
+        }
+        let tokens = match width {
+            TokenWidth::U8 => TokenBuf::U8(bytes),
+            TokenWidth::U16 => TokenBuf::U16(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+            TokenWidth::U32 => TokenBuf::U32(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        };
+        let n = tokens.len() as u64;
+        let t = Instant::now();
+        let sa = sa::suffix_array(tokens, threads)?;
+        report.suffix_array_s += t.elapsed().as_secs_f64();
+        let tmp = dir.join(format!(".{}.tmp", ShardFile::Table.name(id)));
+        let ptr = pointer_width(n * w as u64);
+        let written = write_file(&tmp, |out| sa::write_table(&sa, w, ptr, out));
+        if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, &table_path).at(&table_path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        report.shards += 1;
+        report.tokens += n;
+    }
+    if report.shards == 0 {
+        return Err(Error::corrupt(dir, "no tokenized.0 here"));
+    }
+    report.total_s = start.elapsed().as_secs_f64();
+    Ok(report)
 }

@@ -330,7 +330,10 @@ fn check_offsets(shard: &Shard) -> Result<()> {
         let mut le = [0u8; 4];
         le[..token.len()].copy_from_slice(token);
         if u32::from_le_bytes(le) != sep {
-            return Err(Error::corrupt(&shard.tokenized.path, format!("document {d} does not start with a separator")));
+            return Err(Error::corrupt(
+                &shard.offsets.path,
+                format!("document {d} starts at byte {off} of {}, which is not a separator", shard.tokenized.path.display()),
+            ));
         }
         prev = Some(off);
     }

@@ -1,0 +1,301 @@
+//! Corpus formats, bad input and atomic writes, through the `ibid` binary as a user runs it.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use ibid::index::Index;
+
+fn ibid(args: &[&str]) -> Output {
+    Command::new(ibid_bin()).args(args).output().unwrap()
+}
+
+fn ibid_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(ibid_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> serde_json::Value {
+    assert!(o.status.success(), "ibid failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Documents of an index, in order, as text (bytes tokenizer).
+fn documents(index: &Path) -> Vec<String> {
+    let index = Index::open(index).unwrap();
+    let mut docs = Vec::new();
+    for shard in &index.shards {
+        let bytes = shard.tokenized.bytes();
+        for d in 0..shard.documents() {
+            let start = shard.doc_offset(d) as usize + 1;
+            let end = if d + 1 < shard.documents() { shard.doc_offset(d + 1) as usize } else { bytes.len() };
+            docs.push(String::from_utf8(bytes[start..end].to_vec()).unwrap());
+        }
+    }
+    docs
+}
+
+fn metadata(index: &Path) -> Vec<serde_json::Value> {
+    let index = Index::open(index).unwrap();
+    let shard = &index.shards[0];
+    (0..shard.documents()).map(|d| serde_json::from_slice(shard.metadata_line(d).unwrap()).unwrap()).collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn no_leftovers(dir: &Path) {
+    let names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with(".ibid-")), "temporary folders left behind: {names:?}");
+}
+
+const JSONL: &str = "{\"text\":\"first doc\",\"id\":1}\n\n{\"id\":2,\"text\":\"second\"}\n";
+
+#[test]
+fn every_format_and_compression_reads_the_same_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.jsonl"), JSONL).unwrap();
+    std::fs::write(d.join("b.jsonl.gz"), gzip(JSONL.as_bytes())).unwrap();
+    std::fs::write(d.join("c.jsonl.zst"), zstd::encode_all(JSONL.as_bytes(), 3).unwrap()).unwrap();
+    std::fs::write(d.join("d.txt"), "plain text file\nwith two lines").unwrap();
+    std::fs::write(d.join("e.txt.gz"), gzip("gzipped text".as_bytes())).unwrap();
+    std::fs::write(d.join("f.md.zst"), zstd::encode_all("zstd text".as_bytes(), 3).unwrap()).unwrap();
+    let out = d.join("idx");
+    let report = ok(ibid(&["build", p(&d.join("a.jsonl")), p(&d.join("b.jsonl.gz")), p(&d.join("c.jsonl.zst")),
+        p(&d.join("d.txt")), p(&d.join("e.txt.gz")), p(&d.join("f.md.zst")), "-o", p(&out), "-q"]));
+    assert_eq!(report["documents"], 9);
+    assert_eq!(report["skipped"]["empty"], 0);
+    let docs = documents(&out);
+    let jsonl_docs = ["first doc", "second"];
+    assert_eq!(docs[0..2], jsonl_docs);
+    assert_eq!(docs[2..4], jsonl_docs);
+    assert_eq!(docs[4..6], jsonl_docs);
+    assert_eq!(docs[6..], ["plain text file\nwith two lines", "gzipped text", "zstd text"]);
+    let meta = metadata(&out);
+    assert_eq!(meta[0], serde_json::json!({"path": p(&d.join("a.jsonl")), "linenum": 0, "metadata": {"id": 1}}));
+    assert_eq!(meta[1]["linenum"], 2, "blank lines keep line numbers");
+    assert_eq!(meta[6]["metadata"], serde_json::json!({}));
+    let verified = ok(ibid(&["verify", p(&out), "--deep"]));
+    assert_eq!(verified["ok"], true);
+}
+
+#[test]
+fn folders_are_walked_in_name_order_and_stdin_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(corpus.join("sub")).unwrap();
+    std::fs::create_dir_all(corpus.join(".hidden")).unwrap();
+    std::fs::write(corpus.join("b.txt"), "bee").unwrap();
+    std::fs::write(corpus.join("a.txt"), "ay").unwrap();
+    std::fs::write(corpus.join("sub/c.jsonl"), "{\"text\":\"sea\"}\n").unwrap();
+    std::fs::write(corpus.join(".hidden/x.txt"), "hidden").unwrap();
+    let out = dir.path().join("idx");
+    ok(ibid(&["build", p(&corpus), "-o", p(&out), "-q"]));
+    assert_eq!(documents(&out), ["ay", "bee", "sea"]);
+    assert_eq!(metadata(&out)[2]["path"], "sub/c.jsonl");
+
+    let out2 = dir.path().join("stdin-idx");
+    ok(ibid_stdin(&["build", "-", "--format", "jsonl", "-o", p(&out2), "-q"], JSONL.as_bytes()));
+    assert_eq!(documents(&out2), ["first doc", "second"]);
+    let out3 = dir.path().join("stdin-text");
+    ok(ibid_stdin(&["build", "-", "-o", p(&out3), "-q"], b"one document from stdin"));
+    assert_eq!(documents(&out3), ["one document from stdin"]);
+}
+
+#[test]
+fn text_field_option_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("x.jsonl");
+    std::fs::write(&f, "{\"body\":\"hello\",\"url\":\"u\"}\n").unwrap();
+    let out = dir.path().join("idx");
+    ok(ibid(&["build", p(&f), "--text-field", "body", "-o", p(&out), "-q"]));
+    assert_eq!(documents(&out), ["hello"]);
+    assert_eq!(metadata(&out)[0]["metadata"], serde_json::json!({"url": "u"}));
+}
+
+/// Each bad input: a clear error naming file and line, no index and no temporary folder left.
+#[test]
+fn bad_input_is_refused_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad.jsonl", b"{\"text\":\"ok\"}\n{not json\n".to_vec(), "bad.jsonl:2: not valid JSON"),
+        ("nofield.jsonl", b"{\"text\":\"ok\"}\n{\"body\":\"x\"}\n".to_vec(), "nofield.jsonl:2: no field \"text\""),
+        ("num.jsonl", b"{\"text\":5}\n".to_vec(), "num.jsonl:1: field \"text\" is not a string but a number"),
+        ("latin1.txt", b"caf\xe9".to_vec(), "latin1.txt: invalid UTF-8 at byte 3"),
+        ("badutf.jsonl", b"{\"text\":\"caf\xe9\"}\n".to_vec(), "badutf.jsonl:1: not valid JSON"),
+        ("broken.gz", b"\x1f\x8b\x08\x00garbage".to_vec(), "broken.gz"),
+        ("empty.txt", b"".to_vec(), "the corpus has no documents"),
+    ];
+    for (name, content, expected) in cases {
+        let f = d.join(name);
+        std::fs::write(&f, content).unwrap();
+        let out = d.join(format!("idx-{name}"));
+        let o = ibid(&["build", p(&f), "-o", p(&out), "-q"]);
+        assert!(!o.status.success(), "{name} was accepted");
+        let err = stderr(&o);
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(!out.exists(), "{name}: an index was left at {}", out.display());
+        no_leftovers(d);
+    }
+    let missing = ibid(&["build", p(&d.join("nope.txt")), "-o", p(&d.join("i")), "-q"]);
+    assert!(stderr(&missing).contains("nope.txt") && !missing.status.success());
+    let not_model = ibid(&["build", p(&d.join("bad.jsonl")), "--tokenizer", &format!("gguf:{}", p(&d.join("bad.jsonl"))), "-o", p(&d.join("i")), "-q"]);
+    assert!(stderr(&not_model).contains("not a usable GGUF model"), "{}", stderr(&not_model));
+}
+
+#[test]
+fn skip_bad_counts_what_it_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("mixed.jsonl");
+    std::fs::write(&f, b"{\"text\":\"good\"}\nnot json\n{\"text\":\"\"}\n{\"text\":\"also good\"}\n{\"x\":1}\n").unwrap();
+    let out = dir.path().join("idx");
+    let report = ok(ibid(&["build", p(&f), "--skip-bad", "-o", p(&out), "-q"]));
+    assert_eq!(report["documents"], 2);
+    assert_eq!(report["skipped"]["bad"], 2);
+    assert_eq!(report["skipped"]["empty"], 1);
+    let reasons = report["skipped"]["reasons"].to_string();
+    assert!(reasons.contains("mixed.jsonl:2") && reasons.contains("mixed.jsonl:5"), "{reasons}");
+    assert_eq!(documents(&out), ["good", "also good"]);
+}
+
+#[test]
+fn existing_index_is_kept_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    std::fs::write(&a, "first").unwrap();
+    std::fs::write(&b, "second").unwrap();
+    let out = dir.path().join("idx");
+    ok(ibid(&["build", p(&a), "-o", p(&out), "-q"]));
+    let again = ibid(&["build", p(&b), "-o", p(&out), "-q"]);
+    assert!(!again.status.success() && stderr(&again).contains("--force"));
+    assert_eq!(documents(&out), ["first"]);
+    // a failing forced build leaves the old index in place
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "nope").unwrap();
+    assert!(!ibid(&["build", p(&bad), "-o", p(&out), "--force", "-q"]).status.success());
+    assert_eq!(documents(&out), ["first"]);
+    ok(ibid(&["build", p(&b), "-o", p(&out), "--force", "-q"]));
+    assert_eq!(documents(&out), ["second"]);
+    no_leftovers(dir.path());
+    // a folder that is not an index is never replaced
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    let o = ibid(&["build", p(&b), "-o", p(&precious), "--force", "-q"]);
+    assert!(!o.status.success() && stderr(&o).contains("refusing"));
+    assert!(precious.join("notes.txt").exists());
+}
+
+fn built(dir: &Path) -> PathBuf {
+    let f = dir.join("c.jsonl");
+    let lines: String = (0..50).map(|i| format!("{{\"text\":\"document number {i} says hello\"}}\n")).collect();
+    std::fs::write(&f, lines).unwrap();
+    let out = dir.join("idx");
+    ok(ibid(&["build", p(&f), "-o", p(&out), "-q", "--shard-tokens", "700"]));
+    out
+}
+
+#[test]
+fn corrupt_or_truncated_indexes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = built(dir.path());
+    let info = ok(ibid(&["info", p(&good)]));
+    assert!(info["shards"].as_array().unwrap().len() >= 2);
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&good).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+        to
+    };
+    let check_open_fails = |idx: &Path, expected: &str| {
+        let o = ibid(&["count", p(idx), "hello"]);
+        assert!(!o.status.success(), "{} opened", idx.display());
+        assert!(stderr(&o).contains(expected), "expected {expected:?} in {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"));
+    };
+
+    let t = copy("truncated-table");
+    let f = std::fs::OpenOptions::new().write(true).open(t.join("table.1")).unwrap();
+    f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+    check_open_fails(&t, "table.1");
+
+    let t = copy("truncated-tokens");
+    let f = std::fs::OpenOptions::new().write(true).open(t.join("tokenized.0")).unwrap();
+    f.set_len(10).unwrap();
+    check_open_fails(&t, "tokenized.0");
+
+    let t = copy("missing");
+    std::fs::remove_file(t.join("offset.1")).unwrap();
+    check_open_fails(&t, "offset.1 is missing");
+
+    let t = copy("bad-manifest");
+    std::fs::write(t.join("ibid.json"), "{\"format\": 3").unwrap();
+    check_open_fails(&t, "unreadable manifest");
+
+    let t = copy("bad-offsets");
+    let mut off = std::fs::read(t.join("offset.0")).unwrap();
+    off[8] ^= 0x01;
+    std::fs::write(t.join("offset.0"), off).unwrap();
+    check_open_fails(&t, "offset.0");
+
+    // same size, different bytes: opens, but verify finds it
+    let t = copy("flipped");
+    let mut tok = std::fs::read(t.join("tokenized.0")).unwrap();
+    tok[5] ^= 0x20;
+    std::fs::write(t.join("tokenized.0"), tok).unwrap();
+    let o = ibid(&["verify", p(&t)]);
+    assert!(!o.status.success() && stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+
+    let t = copy("bad-pointer");
+    let mut table = std::fs::read(t.join("table.0")).unwrap();
+    table.swap(0, 2);
+    table[0] = 0xFF;
+    std::fs::write(t.join("table.0"), &table).unwrap();
+    std::fs::remove_file(t.join("ibid.json")).unwrap();
+    let o = ibid(&["verify", p(&t), "--token-width", "1"]);
+    assert!(!o.status.success() && stderr(&o).contains("table.0"), "{}", stderr(&o));
+
+    let v = ok(ibid(&["verify", p(&good), "--deep"]));
+    assert_eq!(v["report"]["checksums"], true);
+}
+
+#[test]
+fn manifest_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = built(dir.path());
+    let manifest = ibid::index::Manifest::read(&good).unwrap();
+    let text = std::fs::read_to_string(good.join("ibid.json")).unwrap();
+    assert_eq!(manifest.to_json(), text);
+    let back: ibid::index::Manifest = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, manifest);
+    assert_eq!(manifest.documents, 50);
+    assert_eq!(manifest.tokenizer.kind, "bytes");
+    assert_eq!(manifest.shards.iter().map(|s| s.tokens).sum::<u64>(), manifest.tokens);
+}
