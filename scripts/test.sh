@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs, builds, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_WAIT_POLICY=passive
+# One release build serves the tests, the benchmarks and the demo (llama.cpp is built once).
+cargo build --release --all-targets
+# Test binaries run one after another; tests that load the model share one per binary.
+cargo test --release -- --test-threads 2
