@@ -3,10 +3,12 @@
 //!
 //! Data flows one way: [`corpus`] → [`tokenize`] → [`index`] (build, open, query).
 
+pub mod api;
 pub mod corpus;
 pub mod error;
 pub mod index;
 pub mod llama;
+pub mod serve;
 pub mod tokenize;
 
 pub use error::{Error, Result};

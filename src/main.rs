@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+mod render;
+
+use ibid::api::{QueryEngine, QueryIds, QueryRequest, QueryType};
 use ibid::corpus::{CorpusOptions, InputFormat};
+use ibid::serve::ServeOptions;
 use ibid::index::{self, BuildObserver, BuildOptions, Index, OpenOptions};
 use ibid::tokenize::{TokenWidth, TokenizerSpec};
 
@@ -48,8 +52,56 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Count the occurrences of an n-gram.
+    /// Count an n-gram, or a CNF (`a AND b OR c`).
     Count(QueryArgs),
+    /// P(last token | the tokens before it).
+    Prob(QueryArgs),
+    /// The distribution of the next token after the query.
+    Ntd(QueryArgs),
+    /// ∞-gram: the distribution (or with --prob the probability of the last token) after the
+    /// longest suffix of the query that occurs.
+    Infgram {
+        #[command(flatten)]
+        args: QueryArgs,
+        /// The probability of the query's last token instead of the distribution.
+        #[arg(long)]
+        prob: bool,
+    },
+    /// Where an n-gram occurs: count and suffix-array ranges per shard.
+    Find(QueryArgs),
+    /// Documents containing the query (a random sample), or one document by number.
+    Docs {
+        #[command(flatten)]
+        args: QueryArgs,
+        /// Fetch document number N instead of searching.
+        #[arg(long)]
+        doc_ix: Option<u64>,
+    },
+    /// Count a CNF query: clauses joined by AND, terms by OR.
+    Cnf(QueryArgs),
+    /// Batch mode: JSONL requests on stdin (infini-gram's API shape), JSONL answers on stdout.
+    Query {
+        #[command(flatten)]
+        index: IndexArgs,
+        #[arg(long)]
+        tokenizer: Option<TokenizerSpec>,
+    },
+    /// Serve the n-gram query API over HTTP.
+    ServeIndex {
+        #[command(flatten)]
+        index: IndexArgs,
+        #[arg(long)]
+        tokenizer: Option<TokenizerSpec>,
+        /// Address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        addr: std::net::SocketAddr,
+        /// Largest request body, e.g. 1M.
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
+        max_body: u64,
+        /// Per-request time limit in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,13 +152,40 @@ struct IndexArgs {
     /// Token width in bytes (1, 2 or 4) of an index without a manifest; guessed when absent.
     #[arg(long, value_parser = parse_width)]
     token_width: Option<TokenWidth>,
+    /// The id next-token queries report for "end of document" (default: the tokenizer's EOS).
+    #[arg(long)]
+    eos: Option<u32>,
 }
 
 impl IndexArgs {
     fn open(&self) -> Result<Index> {
-        Index::open_with(&self.index, &OpenOptions { token_width: self.token_width })
+        Index::open_with(&self.index, &OpenOptions { token_width: self.token_width, eos_token_id: self.eos })
             .with_context(|| format!("cannot open index {}", self.index.display()))
     }
+
+    /// The index with its tokenizer: the one given, else the manifest's when `want`ed (servers,
+    /// text queries) or cheap (bytes). Only a `needed` tokenizer that fails to load is an error.
+    fn engine(&self, tokenizer: Option<&TokenizerSpec>, want: bool, needed: bool) -> Result<QueryEngine> {
+        let index = self.open()?;
+        let cheap = index.manifest.as_ref().is_some_and(|m| m.tokenizer.kind == "bytes");
+        let tok = if tokenizer.is_some() || want || needed || cheap {
+            let loaded = index.tokenizer(tokenizer);
+            match loaded {
+                Ok(t) => Some(t),
+                Err(e) if needed => return Err(e).context("text queries need the index's tokenizer"),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        Ok(QueryEngine::new(index, tok))
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Json,
+    Table,
 }
 
 #[derive(Args)]
@@ -114,13 +193,76 @@ struct QueryArgs {
     #[command(flatten)]
     index: IndexArgs,
     /// The query text (or token ids with --ids).
+    #[arg(default_value = "")]
     query: String,
-    /// The query is whitespace-separated token ids.
+    /// The query is token ids: `1 2 3`, or a CNF as JSON (`[[[1,2],[3]],[[4]]]`).
     #[arg(long)]
     ids: bool,
     /// The tokenizer for text queries (default: the one in the manifest).
     #[arg(long)]
     tokenizer: Option<TokenizerSpec>,
+    /// Occurrences inspected by next-token queries before sampling.
+    #[arg(long)]
+    max_support: Option<u64>,
+    /// Documents to return.
+    #[arg(long)]
+    maxnum: Option<usize>,
+    /// Tokens of each document to show.
+    #[arg(long)]
+    max_disp_len: Option<u64>,
+    /// CNF: clauses with more occurrences are subsampled.
+    #[arg(long)]
+    max_clause_freq: Option<u64>,
+    /// CNF: how far apart (in tokens) the clauses' matches may be.
+    #[arg(long)]
+    max_diff_tokens: Option<u64>,
+    /// Seed for document sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output: JSON (default) or a table for people.
+    #[arg(long, value_enum, default_value = "json")]
+    format: OutputFormat,
+}
+
+impl QueryArgs {
+    fn request(&self, query_type: QueryType) -> Result<QueryRequest> {
+        let mut req = QueryRequest::new(query_type);
+        if self.ids {
+            let text = self.query.trim();
+            req.query_ids = Some(if text.starts_with('[') {
+                serde_json::from_str(text).context("--ids takes ids like `1 2 3` or a JSON CNF")?
+            } else {
+                QueryIds::Ngram(
+                    text.split_whitespace()
+                        .map(|t| t.parse::<u32>().with_context(|| format!("not a token id: {t}")))
+                        .collect::<Result<_>>()?,
+                )
+            });
+        } else {
+            req.query = Some(self.query.clone());
+        }
+        req.max_support = self.max_support;
+        req.maxnum = self.maxnum;
+        req.max_disp_len = self.max_disp_len;
+        req.max_clause_freq = self.max_clause_freq;
+        req.max_diff_tokens = self.max_diff_tokens;
+        req.seed = self.seed;
+        Ok(req)
+    }
+
+    fn run(&self, query_type: QueryType, tweak: impl FnOnce(&mut QueryRequest)) -> Result<()> {
+        let engine = self.index.engine(self.tokenizer.as_ref(), !self.ids, !self.ids)?;
+        let mut req = self.request(query_type)?;
+        tweak(&mut req);
+        let answer = engine.answer(&req)?;
+        match self.format {
+            OutputFormat::Json => print_json(&answer),
+            OutputFormat::Table => {
+                print!("{}", render::table(&answer));
+                Ok(())
+            }
+        }
+    }
 }
 
 fn parse_width(s: &str) -> Result<TokenWidth, String> {
@@ -250,25 +392,40 @@ fn run_verify(args: IndexArgs, deep: bool) -> Result<()> {
     print_json(&json!({"ok": true, "report": report}))
 }
 
-fn query_ids(args: &QueryArgs, index: &Index) -> Result<Vec<u32>> {
-    if args.ids {
-        return args
-            .query
-            .split_whitespace()
-            .map(|t| t.parse::<u32>().with_context(|| format!("not a token id: {t}")))
-            .collect();
+/// Batch mode: one JSON request per line in, one JSON answer (or `{"error": ...}`) per line out.
+fn run_batch(index: IndexArgs, tokenizer: Option<TokenizerSpec>) -> Result<()> {
+    let engine = index.engine(tokenizer.as_ref(), true, false)?;
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in std::io::BufRead::lines(stdin) {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = engine.answer_json(&line).unwrap_or_else(|e| json!({"error": e.to_string()}));
+        serde_json::to_writer(&mut out, &answer)?;
+        writeln!(out)?;
     }
-    let tokenizer = index.tokenizer(args.tokenizer.as_ref())?;
-    Ok(ibid::tokenize::tokenize(tokenizer.as_ref(), &args.query))
+    out.flush()?;
+    Ok(())
 }
 
-fn run_count(args: QueryArgs) -> Result<()> {
-    let index = args.index.open()?;
-    let ids = query_ids(&args, &index)?;
-    let start = Instant::now();
-    let count = index.count(&ids)?;
-    let us = start.elapsed().as_secs_f64() * 1e6;
-    print_json(&json!({"query_ids": ids, "count": count, "latency_us": us}))
+fn run_serve(index: IndexArgs, tokenizer: Option<TokenizerSpec>, addr: std::net::SocketAddr, max_body: u64, timeout: f64) -> Result<()> {
+    let engine = std::sync::Arc::new(index.engine(tokenizer.as_ref(), true, false)?);
+    let options = ServeOptions {
+        addr,
+        max_body_bytes: max_body as usize,
+        timeout: std::time::Duration::from_secs_f64(timeout.max(0.001)),
+        ..ServeOptions::default()
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.addr).await.with_context(|| format!("cannot listen on {}", options.addr))?;
+        eprintln!("ibid: serving {} on http://{}", index.index.display(), listener.local_addr()?);
+        ibid::serve::serve(engine, listener, &options, ibid::serve::shutdown_signal()).await?;
+        eprintln!("ibid: stopped");
+        Ok(())
+    })
 }
 
 fn main() {
@@ -283,7 +440,19 @@ fn main() {
         Command::Build(args) => run_build(args, threads),
         Command::Info(args) => run_info(args),
         Command::Verify { index, deep } => run_verify(index, deep),
-        Command::Count(args) => run_count(args),
+        Command::Count(args) | Command::Cnf(args) => args.run(QueryType::Count, |_| {}),
+        Command::Prob(args) => args.run(QueryType::Prob, |_| {}),
+        Command::Ntd(args) => args.run(QueryType::Ntd, |_| {}),
+        Command::Infgram { args, prob } => args.run(if prob { QueryType::InfgramProb } else { QueryType::InfgramNtd }, |_| {}),
+        Command::Find(args) => args.run(QueryType::Find, |_| {}),
+        Command::Docs { args, doc_ix: Some(ix) } => args.run(QueryType::GetDocByIx, |r| {
+            r.doc_ix = Some(ix);
+            r.query = None;
+            r.query_ids = None;
+        }),
+        Command::Docs { args, doc_ix: None } => args.run(QueryType::SearchDocs, |_| {}),
+        Command::Query { index, tokenizer } => run_batch(index, tokenizer),
+        Command::ServeIndex { index, tokenizer, addr, max_body, timeout } => run_serve(index, tokenizer, addr, max_body, timeout),
         Command::Table { dir, token_width, force } => index::build::table_for_tokenized(&dir, token_width, threads, force)
             .with_context(|| format!("cannot build the suffix arrays in {}", dir.display()))
             .and_then(|r| print_json(&serde_json::to_value(r)?)),

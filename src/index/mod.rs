@@ -13,6 +13,9 @@ pub mod write;
 pub use build::{build, BuildObserver, BuildOptions, BuildReport};
 pub use format::{Manifest, ShardFile};
 pub use open::{Index, OpenOptions, Shard};
-pub use query::FindResult;
+pub use query::{
+    CnfOptions, CountResult, DocResult, FindCnfResult, FindResult, InfgramNtdResult, InfgramProbResult, NtdResult, ProbResult,
+    SearchDocsResult, TokenCount,
+};
 pub use tokens::TokenBuf;
 pub use verify::VerifyReport;

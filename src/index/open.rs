@@ -93,6 +93,22 @@ impl Shard {
         self.tokenized.bytes().get(offset as usize..).unwrap_or(&[])
     }
 
+    /// The token at byte `offset`, `None` past the end.
+    #[inline]
+    pub fn token_at(&self, offset: u64) -> Option<u32> {
+        let w = self.width.bytes();
+        let bytes = self.tokenized.bytes().get(offset as usize..offset as usize + w)?;
+        let mut le = [0u8; 4];
+        le[..w].copy_from_slice(bytes);
+        Some(u32::from_le_bytes(le))
+    }
+
+    /// Tokens in the byte range `[start, end)`.
+    pub fn tokens_between(&self, start: u64, end: u64) -> Vec<u32> {
+        let w = self.width.bytes() as u64;
+        (start / w..end / w).filter_map(|i| self.token_at(i * w)).collect()
+    }
+
     /// The metadata JSON line of document `doc`, if the shard has metadata.
     pub fn metadata_line(&self, doc: u64) -> Option<&[u8]> {
         let (meta, off) = (self.metadata.as_ref()?, self.metaoff.as_ref()?);
@@ -119,6 +135,8 @@ pub struct Index {
     pub manifest: Option<Manifest>,
     pub width: TokenWidth,
     pub shards: Vec<Shard>,
+    /// Next-token queries report "end of document" as this id (infini-gram's `eos_token_id`).
+    pub eos_token_id: u32,
 }
 
 /// How to open an index.
@@ -126,6 +144,9 @@ pub struct Index {
 pub struct OpenOptions {
     /// The token width of an index without a manifest; guessed from file sizes when absent.
     pub token_width: Option<TokenWidth>,
+    /// Overrides the end-of-document id of next-token queries (default: the tokenizer's EOS, else
+    /// the separator value).
+    pub eos_token_id: Option<u32>,
 }
 
 impl Index {
@@ -138,11 +159,13 @@ impl Index {
         if !dir.is_dir() {
             return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no index folder here")));
         }
-        let index = if dir.join(MANIFEST_FILE).exists() {
+        let mut index = if dir.join(MANIFEST_FILE).exists() {
             open_manifest(dir, options)?
         } else {
             open_bare(dir, options)?
         };
+        let from_manifest = index.manifest.as_ref().and_then(|m| m.tokenizer.eos_token_id);
+        index.eos_token_id = options.eos_token_id.or(from_manifest).unwrap_or(index.width.separator());
         for shard in &index.shards {
             check_offsets(shard)?;
         }
@@ -254,6 +277,7 @@ fn open_manifest(dir: &Path, options: &OpenOptions) -> Result<Index> {
         width: manifest.token_width,
         manifest: Some(manifest),
         shards,
+        eos_token_id: 0,
     })
 }
 
@@ -308,6 +332,7 @@ fn open_bare(dir: &Path, options: &OpenOptions) -> Result<Index> {
         manifest: None,
         width,
         shards,
+        eos_token_id: 0,
     })
 }
 

@@ -14,6 +14,7 @@ impl ByteTokenizer {
                 model_path: None,
                 vocab_size: 256,
                 vocab_hash: "utf8-bytes".into(),
+                eos_token_id: None,
             },
         }
     }

@@ -61,6 +61,7 @@ impl GgufTokenizer {
             model_path: Some(absolute),
             vocab_size,
             vocab_hash: format!("{:016x}", hasher.digest()),
+            eos_token_id: u32::try_from(vocab.eos().0).ok(),
         };
         drop(vocab);
         Ok(GgufTokenizer {

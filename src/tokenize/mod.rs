@@ -90,6 +90,9 @@ pub struct TokenizerIdentity {
     pub vocab_size: u64,
     /// xxh3-64 of the vocabulary's token texts, in hex.
     pub vocab_hash: String,
+    /// The model's end-of-sequence token: next-token queries report "end of document" as it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<u32>,
 }
 
 impl TokenizerIdentity {

@@ -24,6 +24,7 @@ impl IdTokenizer {
                 model_path: None,
                 vocab_size: u64::from(width.separator()),
                 vocab_hash: format!("ids{}", width.bytes()),
+                eos_token_id: None,
             },
             width,
         }

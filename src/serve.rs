@@ -1,0 +1,144 @@
+//! `ibid serve-index`: the n-gram query API over HTTP, shaped like infini-gram's so its clients
+//! work. JSON in, JSON out; every error is a JSON body with a 4xx/5xx status, and the server stays up.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::api::QueryEngine;
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// A query still running after this long is answered with 503.
+    pub timeout: Duration,
+    /// Queries computed at once; the rest wait their turn.
+    pub concurrency: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            max_body_bytes: 1 << 20,
+            timeout: Duration::from_secs(30),
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+struct AppState {
+    engine: Arc<QueryEngine>,
+    permits: Semaphore,
+    timeout: Duration,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+async fn query(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let Ok(_permit) = state.permits.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
+    };
+    let engine = state.engine.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let text = std::str::from_utf8(&body).map_err(|_| Error::Query("the request body is not UTF-8".into()))?;
+        engine.answer_json(text)
+    });
+    match tokio::time::timeout(state.timeout, work).await {
+        Ok(Ok(Ok(answer))) => Json(answer).into_response(),
+        Ok(Ok(Err(e @ Error::Query(_)))) => error(StatusCode::BAD_REQUEST, e),
+        Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(join)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the query failed: {join}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the query took longer than {:?}", state.timeout)),
+    }
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let index = &state.engine.index;
+    Json(json!({
+        "index": index.dir,
+        "token_width": index.width,
+        "documents": index.documents(),
+        "tokens": index.tokens(),
+        "shards": index.shards.len(),
+        "eos_token_id": index.eos_token_id,
+        "tokenizer": index.manifest.as_ref().map(|m| &m.tokenizer),
+    }))
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route: POST / (or /query) with a JSON query, GET /health, GET /info")
+}
+
+/// The routes, for embedding in another server or for tests.
+pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
+    let state = Arc::new(AppState {
+        engine,
+        permits: Semaphore::new(options.concurrency.max(1)),
+        timeout: options.timeout,
+    });
+    Router::new()
+        .route("/", post(query))
+        .route("/query", post(query))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves; requests in flight are finished first.
+pub async fn serve(
+    engine: Arc<QueryEngine>,
+    listener: tokio::net::TcpListener,
+    options: &ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine, options)).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
