@@ -120,3 +120,76 @@ pub fn repo() -> &'static Path {
 pub fn ibid_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ibid")
 }
+
+/// Documents of pseudo-random u16 tokens with a skewed distribution and copied stretches, so the
+/// suffix array has long shared prefixes.
+pub fn u16_docs(seed: u64, docs: usize) -> Vec<Vec<u32>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for _ in 0..docs {
+        let len = 200 + (next() % 3000) as usize;
+        let mut d = Vec::with_capacity(len);
+        while d.len() < len {
+            if d.len() > 50 && next() % 10 == 0 {
+                let start = (next() as usize) % (d.len() - 40);
+                let copy: Vec<u32> = d[start..start + 40].to_vec();
+                d.extend(copy);
+            } else {
+                let r = next();
+                // mostly small ids, some ids that differ between byte orders, some near the top
+                let id = match r % 8 {
+                    0 => 65_534,
+                    1 => 0x0100 | (r >> 8) as u32 % 4,
+                    2 => (r >> 8) as u32 % 60_000,
+                    _ => (r >> 8) as u32 % 300,
+                };
+                d.push(id);
+            }
+        }
+        out.push(d);
+    }
+    out
+}
+
+
+/// Write `tokenized.N` and `offset.N` the way infini-gram lays them out; returns the stream.
+pub fn write_shard(dir: &Path, shard: usize, width: TokenWidth, docs: &[Vec<u32>]) -> Vec<u32> {
+    let stream = shard_stream(width, docs);
+    let mut offsets = Vec::new();
+    let mut at = 0u64;
+    for d in docs {
+        offsets.extend_from_slice(&at.to_le_bytes());
+        at += ((d.len() + 1) * width.bytes()) as u64;
+    }
+    std::fs::write(dir.join(format!("tokenized.{shard}")), le_bytes(width, &stream)).unwrap();
+    std::fs::write(dir.join(format!("offset.{shard}")), offsets).unwrap();
+    stream
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// `python3 scripts/infinigram.py ARGS`
+pub fn infinigram(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(repo().join("scripts/infinigram.py")).args(args);
+    c
+}
+
+/// Run a command, fail the test with its stderr if it fails, return stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}

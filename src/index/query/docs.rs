@@ -25,6 +25,9 @@ pub struct DocResult {
     /// The document's metadata line (JSON), empty if the index has none.
     pub metadata: String,
     pub token_ids: Vec<u32>,
+    /// Always false: infini-gram's API blocks documents found in a second index; ibid has none.
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,7 @@ impl Index {
             needle_offset: ptr.saturating_sub(disp_start) / w,
             metadata: shard.metadata_string(doc),
             token_ids: shard.tokens_between(disp_start, disp_end),
+            blocked: false,
         })
     }
 
@@ -112,6 +116,7 @@ impl Index {
                     needle_offset: 0,
                     metadata: shard.metadata_string(local),
                     token_ids: shard.tokens_between(start, disp_end),
+                    blocked: false,
                 });
             }
             local -= shard.documents();
