@@ -82,8 +82,14 @@ impl Shard {
     pub fn pointer(&self, rank: u64) -> u64 {
         let w = self.pointer_width;
         let at = rank as usize * w;
+        let table = self.table.bytes();
+        // One 8-byte load and a mask where the table has 8 bytes left, else byte by byte.
+        if let Some(bytes) = table.get(at..at + 8) {
+            let v = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            return if w == 8 { v } else { v & ((1u64 << (8 * w)) - 1) };
+        }
         let mut le = [0u8; 8];
-        le[..w].copy_from_slice(&self.table.bytes()[at..at + w]);
+        le[..w].copy_from_slice(&table[at..at + w]);
         u64::from_le_bytes(le)
     }
 

@@ -98,40 +98,49 @@ impl Shard {
     /// first and last next tokens agree is all that token, so the cost grows with the number of
     /// distinct next tokens, not with the number of occurrences. With `unit` > 1 ranges shorter than
     /// `4 × unit` are sampled every `unit` ranks (the `approx` case).
-    #[allow(clippy::too_many_arguments)]
-    fn next_token_counts(
-        &self,
-        num_bytes: u64,
-        start: u64,
-        end: u64,
-        unit: u64,
-        first: Option<Option<u32>>,
-        last: Option<Option<u32>>,
-        eos: u32,
-        out: &mut BTreeMap<u32, u64>,
-    ) {
-        if start >= end {
-            return;
+    ///
+    /// The ranges are split level by level rather than depth first: the probes of one level do not
+    /// depend on each other, so the processor overlaps their memory accesses.
+    fn next_token_counts(&self, num_bytes: u64, start: u64, end: u64, unit: u64, eos: u32, out: &mut BTreeMap<u32, u64>) {
+        struct Range {
+            start: u64,
+            end: u64,
+            first: Option<Option<u32>>,
+            last: Option<Option<u32>>,
         }
-        if end - start < 4 * unit {
-            let mut rank = start;
-            while rank < end {
-                let full = rank + unit <= end;
-                let mid = if full { rank + unit / 2 } else { (rank + end) / 2 };
-                *out.entry(self.next_token(mid, num_bytes, eos)).or_default() += if full { unit } else { end - rank };
-                rank += unit;
+        let mut level = vec![Range { start, end, first: None, last: None }];
+        let mut next = Vec::new();
+        while !level.is_empty() {
+            for r in level.iter_mut().filter(|r| r.end - r.start >= 4 * unit) {
+                if r.first.is_none() {
+                    r.first = Some(self.raw_next(r.start, num_bytes));
+                }
+                if r.last.is_none() {
+                    r.last = Some(self.raw_next(r.end - 1, num_bytes));
+                }
             }
-            return;
+            for r in level.drain(..) {
+                if r.start >= r.end {
+                    continue;
+                }
+                if r.end - r.start < 4 * unit {
+                    let mut rank = r.start;
+                    while rank < r.end {
+                        let full = rank + unit <= r.end;
+                        let mid = if full { rank + unit / 2 } else { (rank + r.end) / 2 };
+                        *out.entry(self.next_token(mid, num_bytes, eos)).or_default() += if full { unit } else { r.end - rank };
+                        rank += unit;
+                    }
+                } else if r.first == r.last {
+                    *out.entry(self.next_token(r.start, num_bytes, eos)).or_default() += r.end - r.start;
+                } else {
+                    let mid = (r.start + r.end) / 2;
+                    next.push(Range { start: r.start, end: mid, first: r.first, last: None });
+                    next.push(Range { start: mid, end: r.end, first: None, last: r.last });
+                }
+            }
+            std::mem::swap(&mut level, &mut next);
         }
-        let first = first.unwrap_or_else(|| self.raw_next(start, num_bytes));
-        let last = last.unwrap_or_else(|| self.raw_next(end - 1, num_bytes));
-        if first == last {
-            *out.entry(self.next_token(start, num_bytes, eos)).or_default() += end - start;
-            return;
-        }
-        let mid = (start + end) / 2;
-        self.next_token_counts(num_bytes, start, mid, unit, Some(first), None, eos, out);
-        self.next_token_counts(num_bytes, mid, end, unit, None, Some(last), eos, out);
     }
 }
 
@@ -247,7 +256,7 @@ impl Index {
         let num_bytes = (context.len() * self.width.bytes()) as u64;
         let mut counts = BTreeMap::new();
         for (shard, &(lo, hi)) in self.shards.iter().zip(&found.segments) {
-            shard.next_token_counts(num_bytes, lo, hi, unit, None, None, self.eos_token_id, &mut counts);
+            shard.next_token_counts(num_bytes, lo, hi, unit, self.eos_token_id, &mut counts);
         }
         let total: u64 = counts.values().sum();
         let result_by_token_id = counts

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default: installs what it needs, assembles a ~100 MB
+# real corpus (Linux and Python docs, GCIDE, the CPython standard library), indexes it with the
+# Gemma 3 270M tokenizer, and answers a few n-gram queries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --quiet
+MODEL=$(bash scripts/model_path.sh)
+bash scripts/corpus.sh data/corpus
+IBID=target/release/ibid
+INDEX=index/corpus
+
+echo "== building $INDEX (Gemma 3 tokenizer) =="
+$IBID build data/corpus -o "$INDEX" --tokenizer "gguf:$MODEL" --force
+$IBID info "$INDEX" | head -12
+
+echo "== count =="
+$IBID count "$INDEX" " def __init__(self" --format table
+echo "== next-token distribution =="
+$IBID ntd "$INDEX" "import numpy as" --format table | head -12
+echo "== ∞-gram: longest matching suffix, then its next tokens =="
+$IBID infgram "$INDEX" "Tell me about the Linux kernel's memory management and the page" --format table | head -12
+echo "== CNF: documents that mention both =="
+$IBID cnf "$INDEX" "mutex AND deadlock OR lockdep" --format table
+echo "== a document containing a phrase =="
+$IBID docs "$INDEX" "Beware the Jabberwock" --maxnum 1 --max-disp-len 60 --seed 1 --format table || true
+$IBID docs "$INDEX" " the Python Software Foundation" --maxnum 1 --max-disp-len 60 --seed 1 --format table
