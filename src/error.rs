@@ -48,6 +48,10 @@ pub enum Error {
 
     #[error("invalid argument: {0}")]
     Invalid(String),
+
+    /// llama.cpp refused a context or a batch.
+    #[error("llama.cpp: {0}")]
+    Llama(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

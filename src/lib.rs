@@ -4,11 +4,15 @@
 //! Data flows one way: [`corpus`] → [`tokenize`] → [`index`] (build, open, query).
 
 pub mod api;
+pub mod calibrate;
 pub mod corpus;
 pub mod error;
+pub mod generate;
 pub mod index;
 pub mod llama;
+pub mod model;
 pub mod serve;
 pub mod tokenize;
+pub mod verify;
 
 pub use error::{Error, Result};

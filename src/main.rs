@@ -13,7 +13,10 @@ mod render;
 
 use ibid::api::{QueryEngine, QueryIds, QueryRequest, QueryType};
 use ibid::corpus::{CorpusOptions, InputFormat};
+use ibid::generate::{generate, GenerateOptions, NoDrafts};
+use ibid::model::{Model, TextStream};
 use ibid::serve::ServeOptions;
+use ibid::verify::{SamplingParams, Session, SessionOptions};
 use ibid::index::{self, BuildObserver, BuildOptions, Index, OpenOptions};
 use ibid::tokenize::{TokenWidth, TokenizerSpec};
 
@@ -85,6 +88,22 @@ enum Command {
         index: IndexArgs,
         #[arg(long)]
         tokenizer: Option<TokenizerSpec>,
+    },
+    /// Generate text with a GGUF model (streamed to stdout).
+    Generate(GenerateArgs),
+    /// Measure what a batch of N tokens costs relative to one (cached per model and thread count).
+    Calibrate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = ibid::calibrate::DEFAULT_SIZES)]
+        sizes: Vec<usize>,
+        /// Timings per size (the median is kept).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Tokens in the cache while measuring.
+        #[arg(long, default_value_t = 512)]
+        context: usize,
     },
     /// Serve the n-gram query API over HTTP.
     ServeIndex {
@@ -265,6 +284,61 @@ impl QueryArgs {
     }
 }
 
+#[derive(Args)]
+struct ModelArgs {
+    /// The GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Context size in tokens.
+    #[arg(long, default_value_t = 4096)]
+    ctx: u32,
+    /// Most tokens per decode (prompt chunks; 1 + draft nodes).
+    #[arg(long, default_value_t = 128)]
+    batch: u32,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Model> {
+        Model::load(&self.model).with_context(|| format!("cannot load the model {}", self.model.display()))
+    }
+
+    fn session_options(&self, threads: usize) -> SessionOptions {
+        SessionOptions { threads, n_ctx: self.ctx, n_batch: self.batch.max(2), ..SessionOptions::default() }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample from the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample from the most likely tokens that make up this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed for sampling (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// An index whose tokenizer must match the model (refused otherwise).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// Print tokens/s, prompt and decode time to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
 fn parse_width(s: &str) -> Result<TokenWidth, String> {
     let n: u8 = s.parse().map_err(|_| format!("not a number: {s}"))?;
     TokenWidth::try_from(n)
@@ -410,6 +484,74 @@ fn run_batch(index: IndexArgs, tokenizer: Option<TokenizerSpec>) -> Result<()> {
     Ok(())
 }
 
+fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read the prompt file {}", f.display()))?,
+        (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file FILE"),
+    };
+    if prompt.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed.unwrap_or_else(rand::random),
+    };
+    sampling.validate()?;
+    let model = args.model.load()?;
+    if let Some(dir) = &args.index {
+        let index = Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
+        model.check_index(&index)?;
+    }
+    let mut session = Session::new(&model, args.model.session_options(threads))?;
+    let tokens = model.tokenize_prompt(&prompt);
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, ..GenerateOptions::default() };
+    let mut text = TextStream::default();
+    let mut out = std::io::stdout().lock();
+    let report = generate(&mut session, &tokens, &mut NoDrafts, &options, |t| {
+        let piece = text.push(&model, t);
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?;
+    let _ = writeln!(out, "{}", text.finish());
+    if args.stats {
+        eprintln!(
+            "{}",
+            json!({
+                "prompt_tokens": report.prompt_tokens,
+                "tokens": report.tokens.len(),
+                "prompt_s": report.prompt_s,
+                "decode_s": report.decode_s,
+                "tokens_per_s": report.tokens_per_s(),
+                "steps": report.steps,
+                "tokens_per_step": report.tokens_per_step(),
+                "stop": report.stop,
+                "threads": threads,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usize, threads: usize) -> Result<()> {
+    let loaded = model.load()?;
+    let max = sizes.iter().copied().max().unwrap_or(1) as u32;
+    let mut options = model.session_options(threads);
+    options.n_batch = options.n_batch.max(max + 1);
+    options.n_ctx = options.n_ctx.max(context as u32 + max + 8);
+    let mut session = Session::new(&loaded, options)?;
+    let curve = ibid::calibrate::measure(&mut session, &sizes, context, reps)?;
+    let path = ibid::calibrate::save(&curve, &model.model)?;
+    println!("| N | ms | relative to N=1 |\n|---:|---:|---:|");
+    for &(n, s) in &curve.seconds {
+        println!("| {n} | {:.2} | {:.2} |", s * 1e3, curve.relative(n));
+    }
+    eprintln!("ibid: saved to {}", path.display());
+    Ok(())
+}
+
 fn run_serve(index: IndexArgs, tokenizer: Option<TokenizerSpec>, addr: std::net::SocketAddr, max_body: u64, timeout: f64) -> Result<()> {
     let engine = std::sync::Arc::new(index.engine(tokenizer.as_ref(), true, false)?);
     let options = ServeOptions {
@@ -452,6 +594,8 @@ fn main() {
         }),
         Command::Docs { args, doc_ix: None } => args.run(QueryType::SearchDocs, |_| {}),
         Command::Query { index, tokenizer } => run_batch(index, tokenizer),
+        Command::Generate(args) => run_generate(args, threads),
+        Command::Calibrate { model, sizes, reps, context } => run_calibrate(model, sizes, reps, context, threads),
         Command::ServeIndex { index, tokenizer, addr, max_body, timeout } => run_serve(index, tokenizer, addr, max_body, timeout),
         Command::Table { dir, token_width, force } => index::build::table_for_tokenized(&dir, token_width, threads, force)
             .with_context(|| format!("cannot build the suffix arrays in {}", dir.display()))

@@ -29,13 +29,20 @@ pub(crate) fn check_gguf_magic(path: &Path) -> Result<()> {
 }
 
 impl GgufTokenizer {
+    /// The vocabulary alone: fast, no weights in memory.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, true)
+    }
+
+    /// The vocabulary, and with `vocab_only = false` the whole model (for a verifier).
+    pub fn load_with(path: &Path, vocab_only: bool) -> Result<Self> {
         check_gguf_magic(path)?;
         let backend = crate::llama::backend()?;
-        let params = LlamaModelParams::default().with_vocab_only(true);
+        let params = LlamaModelParams::default().with_vocab_only(vocab_only);
+        let what = if vocab_only { "its vocabulary" } else { "it" };
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| Error::Model {
             path: path.to_path_buf(),
-            reason: format!("llama.cpp could not load its vocabulary ({e}); set IBID_LLAMA_LOG=1 for details"),
+            reason: format!("llama.cpp could not load {what} ({e}); set IBID_LLAMA_LOG=1 for details"),
         })?;
         let vocab = model.vocab();
         let n = vocab.n_tokens();

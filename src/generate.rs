@@ -1,0 +1,145 @@
+//! The generation loop: prompt → (draft → verify)* → tokens. Plain decoding is the same loop with
+//! empty drafts, so both modes process the prompt identically and differ only in the batches.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::verify::{Chooser, DraftTree, SamplingParams, Session, StepOutcome};
+
+/// Proposes draft tokens that continue a context.
+pub trait Drafter {
+    fn name(&self) -> &str;
+
+    /// A tree of at most `budget` nodes continuing `context` (prompt + everything generated).
+    fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree;
+
+    /// Learn from a verification step (the tree, what was accepted, and top logits if asked for).
+    fn observe(&mut self, _tree: &DraftTree, _outcome: &StepOutcome) {}
+}
+
+/// Drafts nothing: plain decoding.
+pub struct NoDrafts;
+
+impl Drafter for NoDrafts {
+    fn name(&self) -> &str {
+        "none"
+    }
+    fn draft(&mut self, _: &[u32], _: usize) -> DraftTree {
+        DraftTree::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Most draft nodes per step.
+    pub budget: usize,
+    /// Stop at end-of-generation tokens (not emitted).
+    pub stop_at_eog: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), budget: 16, stop_at_eog: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    MaxTokens,
+    EndOfGeneration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateReport {
+    pub prompt_tokens: usize,
+    pub tokens: Vec<u32>,
+    /// Top-2 logit margin where each token was chosen.
+    pub margins: Vec<f32>,
+    pub stop: StopReason,
+    pub prompt_s: f64,
+    pub decode_s: f64,
+    /// Verification batches (one per step).
+    pub steps: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl GenerateReport {
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens.len() as f64 / self.decode_s.max(1e-9)
+    }
+
+    /// Tokens emitted per verification step (1 for plain decoding).
+    pub fn tokens_per_step(&self) -> f64 {
+        self.tokens.len() as f64 / self.steps.max(1) as f64
+    }
+}
+
+/// Generate after `prompt` (token ids, BOS included when the model wants it). `on_token` sees each
+/// token as soon as it is final.
+pub fn generate(
+    session: &mut Session<'_>,
+    prompt: &[u32],
+    drafter: &mut dyn Drafter,
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<GenerateReport> {
+    options.sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Invalid("the prompt is empty".into()));
+    }
+    let model = session.model();
+    let start = Instant::now();
+    session.prefill(prompt)?;
+    let prompt_s = start.elapsed().as_secs_f64();
+
+    let mut chooser = Chooser::new(options.sampling);
+    let mut report = GenerateReport {
+        prompt_tokens: prompt.len(),
+        tokens: Vec::new(),
+        margins: Vec::new(),
+        stop: StopReason::MaxTokens,
+        prompt_s,
+        decode_s: 0.0,
+        steps: 0,
+        drafted: 0,
+        accepted: 0,
+    };
+    let start = Instant::now();
+    let n_ctx = session.options().n_ctx as usize;
+    'outer: while report.tokens.len() < options.max_tokens {
+        let room = n_ctx.saturating_sub(session.len() + 2);
+        if room == 0 {
+            return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full after {} tokens", report.tokens.len())));
+        }
+        let left = options.max_tokens - report.tokens.len();
+        // No point drafting past the last token we will keep.
+        let budget = options.budget.min(room).min(left.saturating_sub(1));
+        let mut tree = if budget > 0 { drafter.draft(&session.tokens(), budget) } else { DraftTree::new() };
+        tree.truncate(budget.min(tree.len()));
+        let outcome = session.step(&tree, &mut chooser, |_, _| {})?;
+        drafter.observe(&tree, &outcome);
+        report.steps += 1;
+        report.drafted += tree.len();
+        report.accepted += outcome.accepted.len();
+        for (&t, &m) in outcome.emitted.iter().zip(&outcome.margins) {
+            if options.stop_at_eog && model.is_eog(t) {
+                report.stop = StopReason::EndOfGeneration;
+                break 'outer;
+            }
+            report.tokens.push(t);
+            report.margins.push(m);
+            on_token(t);
+            if report.tokens.len() == options.max_tokens {
+                break 'outer;
+            }
+        }
+    }
+    report.decode_s = start.elapsed().as_secs_f64();
+    Ok(report)
+}

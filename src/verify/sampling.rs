@@ -1,0 +1,173 @@
+//! How the next token is chosen from the target's logits: the argmax, or a sample from the
+//! processed distribution (temperature, top-k, top-p) with a seeded generator.
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the most likely tokens whose probabilities add up to `top_p` (1: all).
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(Error::Invalid(format!("temperature must be 0 or more, not {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Invalid(format!("top_p must be in (0, 1], not {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// The index of the largest logit (the lowest index among equals).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The two largest logits: (best token, its logit, the runner-up's logit).
+pub fn top2(logits: &[f32]) -> (u32, f32, f32) {
+    let (mut b, mut bv, mut sv) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > bv {
+            sv = bv;
+            bv = l;
+            b = i;
+        } else if l > sv {
+            sv = l;
+        }
+    }
+    (b as u32, bv, sv)
+}
+
+/// The `k` largest logits as (token, logit), best first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if best.len() < k || l > best[best.len() - 1].1 {
+            let at = best.partition_point(|&(_, v)| v >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(k);
+        }
+    }
+    best
+}
+
+/// The processed distribution: tokens and probabilities (sorted, most likely first).
+pub fn distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
+    let t = f64::from(params.temperature);
+    let mut cands: Vec<(u32, f64)> = if params.top_k > 0 {
+        top_k(logits, params.top_k).into_iter().map(|(i, l)| (i, f64::from(l))).collect()
+    } else {
+        let mut all: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, f64::from(l))).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    };
+    let max = cands.first().map_or(0.0, |c| c.1);
+    let mut sum = 0.0;
+    for c in cands.iter_mut() {
+        c.1 = ((c.1 - max) / t).exp();
+        sum += c.1;
+    }
+    for c in cands.iter_mut() {
+        c.1 /= sum;
+    }
+    if params.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = cands.len();
+        for (i, c) in cands.iter().enumerate() {
+            acc += c.1;
+            if acc >= f64::from(params.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        cands.truncate(keep);
+        let s: f64 = cands.iter().map(|c| c.1).sum();
+        for c in cands.iter_mut() {
+            c.1 /= s;
+        }
+    }
+    cands
+}
+
+/// Draw from a distribution with one uniform number in [0, 1).
+pub fn draw(dist: &[(u32, f64)], u: f64) -> u32 {
+    let mut acc = 0.0;
+    for &(t, p) in dist {
+        acc += p;
+        if u < acc {
+            return t;
+        }
+    }
+    dist.last().map_or(0, |d| d.0)
+}
+
+/// Chooses tokens: greedy, or sampling with its own generator (one draw per chosen token, so plain
+/// and speculative decoding with the same seed consume the same random numbers).
+pub struct Chooser {
+    pub params: SamplingParams,
+    rng: rand::rngs::StdRng,
+}
+
+impl Chooser {
+    pub fn new(params: SamplingParams) -> Self {
+        Chooser { rng: rand::rngs::StdRng::seed_from_u64(params.seed), params }
+    }
+
+    pub fn choose(&mut self, logits: &[f32]) -> u32 {
+        if self.params.is_greedy() {
+            return argmax(logits);
+        }
+        let u: f64 = self.rng.gen();
+        draw(&distribution(logits, &self.params), u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_and_processes() {
+        let logits = [0.0, 3.0, 1.0, 3.0, -1.0];
+        assert_eq!(argmax(&logits), 1);
+        assert_eq!(top2(&logits), (1, 3.0, 3.0));
+        assert_eq!(top_k(&logits, 3), vec![(1, 3.0), (3, 3.0), (2, 1.0)]);
+        let p = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 0 };
+        let d = distribution(&logits, &p);
+        assert_eq!(d.len(), 2);
+        assert!((d[0].1 - 0.5).abs() < 1e-12);
+        // the two best tokens have ~0.44 each: 0.5 needs both, 0.4 one
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 0 };
+        assert_eq!(distribution(&logits, &p).len(), 2);
+        assert_eq!(distribution(&logits, &SamplingParams { top_p: 0.4, ..p }).len(), 1);
+        assert_eq!(draw(&[(7, 0.25), (9, 0.75)], 0.2), 7);
+        assert_eq!(draw(&[(7, 0.25), (9, 0.75)], 0.3), 9);
+        assert!(SamplingParams { temperature: -1.0, ..p }.validate().is_err());
+        assert!(SamplingParams { top_p: 0.0, ..p }.validate().is_err());
+    }
+}

@@ -1,0 +1,452 @@
+//! The verifier with the real Gemma 3 270M model: tree verification follows the target, speculative
+//! output equals plain output, sampling keeps the target's distribution, the cache stays right.
+//!
+//! One model serves every test and a lock runs them one at a time (ggml's threads busy-wait, so
+//! model tests must never overlap), on 1 thread.
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use common::*;
+use ibid::generate::{generate, Drafter, GenerateOptions, NoDrafts};
+use ibid::model::Model;
+use ibid::verify::sampling::{argmax, distribution, top2};
+use ibid::verify::{walk, Chooser, DraftTree, SamplingParams, Session, SessionOptions, StepOutcome};
+
+/// Splits between plain and speculative greedy output are allowed only where the plain run's two
+/// best logits were closer than this: llama.cpp's batched matrix kernels sum in another order than
+/// its single-token path, which moves logits by up to ~0.1–0.7 and flips near-ties.
+const NEAR_TIE: f32 = 0.75;
+
+fn model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| Model::load(model_path()).expect("the test model loads"))
+}
+
+fn lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn session() -> Session<'static> {
+    Session::new(model(), SessionOptions { threads: 1, n_ctx: 1024, n_batch: 64, max_sequences: 32 }).unwrap()
+}
+
+/// 20 real prompts: the openings of CPython standard library modules.
+fn prompts() -> Vec<Vec<u32>> {
+    let stdlib = std::process::Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .output()
+        .unwrap();
+    let stdlib = std::path::PathBuf::from(String::from_utf8(stdlib.stdout).unwrap().trim());
+    let files = [
+        "abc.py", "argparse.py", "base64.py", "bisect.py", "calendar.py", "colorsys.py", "csv.py",
+        "dataclasses.py", "difflib.py", "fnmatch.py", "fractions.py", "glob.py", "heapq.py", "hmac.py",
+        "ipaddress.py", "keyword.py", "operator.py", "queue.py", "shlex.py", "textwrap.py",
+    ];
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(stdlib.join(f)).unwrap();
+            let cut = text.char_indices().nth(400).map_or(text.len(), |(i, _)| i);
+            model().tokenize_prompt(&text[..cut])
+        })
+        .collect()
+}
+
+fn greedy(max_tokens: usize, budget: usize) -> GenerateOptions {
+    GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), budget, stop_at_eog: false }
+}
+
+/// Drafts the known continuation (the plain run's output): every draft is right.
+struct Oracle {
+    prompt_len: usize,
+    truth: Vec<u32>,
+    chain: usize,
+}
+
+impl Drafter for Oracle {
+    fn name(&self) -> &str {
+        "oracle"
+    }
+    fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
+        let done = context.len() - self.prompt_len;
+        // the pending token is truth[done - 1]; draft what follows it
+        let rest = self.truth.get(done..).unwrap_or(&[]);
+        DraftTree::chain(&rest[..rest.len().min(budget).min(self.chain)])
+    }
+}
+
+/// Random trees over tokens the model might use.
+struct Random {
+    state: u64,
+}
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.state >> 33
+    }
+    fn tree(&mut self, context: &[u32], budget: usize) -> DraftTree {
+        let mut t = DraftTree::new();
+        while t.len() < budget {
+            let parent = if t.is_empty() || self.next() % 3 == 0 { None } else { Some(self.next() as usize % t.len()) };
+            // mostly tokens from the context (plausible), some arbitrary
+            let tok = if self.next() % 4 == 0 { self.next() as u32 % 262_144 } else { context[self.next() as usize % context.len()] };
+            t.push(parent, tok, 1);
+            if t.leaves().len() > 16 {
+                t.truncate(t.len() - 1);
+                break;
+            }
+        }
+        t
+    }
+}
+
+impl Drafter for Random {
+    fn name(&self) -> &str {
+        "random"
+    }
+    fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
+        self.tree(context, budget)
+    }
+}
+
+/// The oracle's chain with random branches hanging off it, and sometimes a wrong first token.
+struct Mixed {
+    oracle: Oracle,
+    random: Random,
+}
+
+impl Drafter for Mixed {
+    fn name(&self) -> &str {
+        "mixed"
+    }
+    fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
+        let mut t = self.oracle.draft(context, budget / 2);
+        if self.random.next() % 3 == 0 && !t.is_empty() {
+            t = DraftTree::chain(&[t.token(0) ^ 1]); // a wrong guess
+        }
+        let extra = self.random.tree(context, budget - t.len());
+        for leaf in extra.leaves() {
+            if t.len() >= budget {
+                break;
+            }
+            let path = extra.path(leaf);
+            let attach = if t.is_empty() { None } else { Some(self.random.next() as usize % t.len()) };
+            let room = budget - t.len();
+            t.push_path(attach, &path[..path.len().min(room)], 2);
+        }
+        t.truncate(budget.min(t.len()));
+        t
+    }
+}
+
+#[test]
+fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
+    let _l = lock();
+    let mut s = session();
+    let prompts = prompts();
+    let mut rng = Random { state: 9 };
+    let mut perfect_accepted = Vec::new();
+    for (p, prompt) in prompts.iter().take(6).enumerate() {
+        s.prefill(prompt).unwrap();
+        // a perfect chain: the plain continuation
+        let mut plain = session();
+        let truth = generate(&mut plain, prompt, &mut NoDrafts, &greedy(8, 0), |_| {}).unwrap().tokens;
+        s.prefill(prompt).unwrap();
+        let trees = [
+            DraftTree::chain(&truth),                                 // perfect
+            rng.tree(prompt, 24),                                     // random
+            {
+                // adversarial: many siblings of the right token, and a deep wrong chain
+                let mut t = DraftTree::new();
+                for d in 0..12u32 {
+                    t.push(None, truth[0].wrapping_add(d + 1) % 262_144, 0);
+                }
+                t.push_path(None, &[truth[0], truth[1] ^ 7, truth[2], truth[3]], 0);
+                t
+            },
+        ];
+        for (kind, tree) in trees.into_iter().enumerate() {
+            let mut argmaxes: Vec<(Option<usize>, u32, f32)> = Vec::new();
+            let before = s.tokens();
+            let out: StepOutcome = s
+                .step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, logits| {
+                    let (b, bv, sv) = top2(logits);
+                    argmaxes.push((node, b, bv - sv));
+                })
+                .unwrap();
+            let argmax_at = |node: Option<usize>| argmaxes.iter().find(|a| a.0 == node).unwrap().1;
+            assert_eq!(out.emitted[0], argmax_at(None), "prompt {p}: root");
+            for (i, &node) in out.accepted.iter().enumerate() {
+                assert_eq!(tree.token(node), out.emitted[i], "accepted nodes carry the emitted tokens");
+                assert_eq!(out.emitted[i + 1], argmax_at(Some(node)), "prompt {p}: after node {node}");
+            }
+            assert_eq!(out.emitted.len(), out.accepted.len() + 1);
+            // the walk stopped because no child carries the bonus token
+            let last = out.accepted.last().copied();
+            assert!(tree.child(last, *out.emitted.last().unwrap()).is_none());
+            let mut expect = before.clone();
+            expect.extend(&out.emitted);
+            assert_eq!(s.tokens(), expect);
+            if kind == 0 {
+                perfect_accepted.push(out.accepted.len());
+            }
+        }
+    }
+    // The plain run's own continuation is accepted (up to a batching near-tie).
+    assert!(perfect_accepted.iter().filter(|&&a| a >= 4).count() >= 4, "{perfect_accepted:?}");
+}
+
+#[test]
+fn speculative_greedy_equals_plain_greedy() {
+    let _l = lock();
+    let mut s = session();
+    let n = 64;
+    let mut report = Vec::new();
+    let mut worst = 0.0f32;
+    let mut steps_saved = 0usize;
+    for (p, prompt) in prompts().iter().enumerate() {
+        let plain = generate(&mut s, prompt, &mut NoDrafts, &greedy(n, 0), |_| {}).unwrap();
+        assert_eq!(plain.tokens.len(), n);
+        let mut drafters: Vec<Box<dyn Drafter>> = vec![
+            Box::new(Oracle { prompt_len: prompt.len(), truth: plain.tokens.clone(), chain: 8 }),
+            Box::new(Random { state: p as u64 + 1 }),
+            Box::new(Mixed { oracle: Oracle { prompt_len: prompt.len(), truth: plain.tokens.clone(), chain: 8 }, random: Random { state: 77 + p as u64 } }),
+        ];
+        for d in drafters.iter_mut() {
+            // small random trees: most of their steps are rejections, which cost a whole batch
+            let budget = if d.name() == "random" { 3 } else { 8 };
+            let spec = generate(&mut s, prompt, d.as_mut(), &greedy(n, budget), |_| {}).unwrap();
+            if d.name() == "oracle" {
+                steps_saved += plain.steps - spec.steps;
+            }
+            match plain.tokens.iter().zip(&spec.tokens).position(|(a, b)| a != b) {
+                None => assert_eq!(plain.tokens, spec.tokens),
+                Some(at) => {
+                    let margin = plain.margins[at];
+                    report.push(format!("prompt {p} {}: split at token {at}, plain top-2 margin {margin:.3}", d.name()));
+                    worst = worst.max(margin);
+                }
+            }
+        }
+    }
+    eprintln!("{} of 60 runs identical to plain greedy; splits: {}", 60 - report.len(), report.join("; "));
+    assert!(worst < NEAR_TIE, "a split where the model was not near a tie: {report:?}");
+    assert!(steps_saved > 20 * 16, "the oracle should save many steps: {steps_saved}");
+}
+
+/// Chi-square statistic of observed counts against expected probabilities (bins with small
+/// expectations pooled).
+fn chi_square(observed: &std::collections::HashMap<u32, u64>, expected: &[(u32, f64)], n: u64) -> (f64, usize) {
+    let mut stat = 0.0;
+    let mut bins: usize = 0;
+    let mut pooled_o = 0.0;
+    let mut pooled_e = 0.0;
+    for &(t, p) in expected {
+        let e = p * n as f64;
+        let o = *observed.get(&t).unwrap_or(&0) as f64;
+        if e >= 5.0 {
+            stat += (o - e).powi(2) / e;
+            bins += 1;
+        } else {
+            pooled_o += o;
+            pooled_e += e;
+        }
+    }
+    let outside: u64 = observed.iter().filter(|(t, _)| !expected.iter().any(|e| e.0 == **t)).map(|(_, c)| c).sum();
+    pooled_o += outside as f64;
+    if pooled_e >= 5.0 {
+        stat += (pooled_o - pooled_e).powi(2) / pooled_e;
+        bins += 1;
+    } else {
+        assert!(pooled_o <= 5.0 + 5.0 * pooled_e.max(1.0), "tokens outside the distribution: {pooled_o}");
+    }
+    (stat, bins.saturating_sub(1))
+}
+
+/// Upper 0.1 % point of chi-square with `df` degrees of freedom (Wilson–Hilferty).
+fn chi_square_critical(df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let z = 3.090_232; // one-sided 0.1 %
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+#[test]
+fn speculative_sampling_keeps_the_target_distribution() {
+    let _l = lock();
+    let mut s = session();
+    let params = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: 0 };
+    let prompt = &prompts()[4];
+    s.prefill(prompt).unwrap();
+    // a tree whose root children are the three likeliest tokens, each with its likeliest child
+    let root_logits = s.logits_of_chain(&[]).unwrap().remove(0);
+    let top: Vec<u32> = distribution(&root_logits, &params).iter().take(3).map(|d| d.0).collect();
+    let mut tree = DraftTree::new();
+    for &t in &top {
+        tree.push(None, t, 0);
+    }
+    let mut logits: Vec<Vec<f32>> = Vec::new();
+    let mut root = Vec::new();
+    s.step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, l| match node {
+        None => root = l.to_vec(),
+        Some(_) => logits.push(l.to_vec()),
+    })
+    .unwrap();
+    // The walk is a pure function of the batch's logits: repeat it with fresh random numbers. To
+    // make 60,000 walks cheap, project every logit vector onto the 256 likeliest root tokens and
+    // their children's (top-k 40 and top-p keep far fewer, so the distributions are unchanged).
+    let mut keep: Vec<u32> = ibid::verify::sampling::top_k(&root, 256).into_iter().map(|t| t.0).collect();
+    for l in &logits {
+        for (t, _) in ibid::verify::sampling::top_k(l, 256) {
+            if !keep.contains(&t) {
+                keep.push(t);
+            }
+        }
+    }
+    let project = |l: &[f32]| keep.iter().map(|&t| l[t as usize]).collect::<Vec<f32>>();
+    let small = |t: u32| keep.iter().position(|&k| k == t).unwrap() as u32;
+    let root = project(&root);
+    let logits: Vec<Vec<f32>> = logits.iter().map(|l| project(l)).collect();
+    let top: Vec<u32> = top.iter().map(|&t| small(t)).collect();
+    let mut tree = DraftTree::new();
+    for &t in &top {
+        tree.push(None, t, 0);
+    }
+    let draws: u64 = 60_000;
+    let mut chooser = Chooser::new(SamplingParams { seed: 12345, ..params });
+    let mut first = std::collections::HashMap::<u32, u64>::new();
+    let mut second = std::collections::HashMap::<u32, u64>::new();
+    let mut via_top = 0;
+    for _ in 0..draws {
+        let out = walk(&tree, &mut chooser, |node| match node {
+            None => &root,
+            Some(n) => &logits[n],
+        });
+        *first.entry(out.emitted[0]).or_default() += 1;
+        if out.emitted[0] == top[0] {
+            via_top += 1;
+            *second.entry(out.emitted[1]).or_default() += 1;
+        }
+    }
+    let p_root = distribution(&root, &params);
+    let (stat, df) = chi_square(&first, &p_root, draws);
+    assert!(stat < chi_square_critical(df), "first token: chi2 {stat:.1} with {df} df");
+    let p_child = distribution(&logits[0], &params);
+    let (stat2, df2) = chi_square(&second, &p_child, via_top);
+    assert!(stat2 < chi_square_critical(df2), "second token: chi2 {stat2:.1} with {df2} df");
+    // Power: a 2 % shift of the top token's probability is many standard errors at this size.
+    let p0 = p_root[0].1;
+    let se = (p0 * (1.0 - p0) / draws as f64).sqrt();
+    assert!(0.02 / se > 6.0, "too few draws to see a 2 % shift: {:.1} standard errors", 0.02 / se);
+    eprintln!("sampling: first-token chi2 {stat:.1} (df {df}), second-token chi2 {stat2:.1} (df {df2}), 2 % shift = {:.1} s.e.", 0.02 / se);
+
+}
+
+#[test]
+fn cache_after_many_steps_equals_a_fresh_run() {
+    let _l = lock();
+    let mut s = session();
+    let prompt = &prompts()[7];
+    s.prefill(prompt).unwrap();
+    let mut rng = Random { state: 5 };
+    let mut chooser = Chooser::new(SamplingParams::greedy());
+    let mut accepted = 0;
+    for i in 0..40 {
+        let ctx = s.tokens();
+        let mut tree = rng.tree(&ctx, 10);
+        if i % 3 == 0 {
+            // make some steps accept: put the model's own next tokens into the tree
+            let next = argmax(&s.logits_of_chain(&[]).unwrap()[0]);
+            tree = DraftTree::new();
+            let n = tree.push(None, next, 0);
+            let next2 = argmax(&s.logits_of_chain(&[next]).unwrap()[1]);
+            tree.push(Some(n), next2, 0);
+            tree.push(None, next ^ 3, 0);
+        }
+        let out = s.step(&tree, &mut chooser, |_, _| {}).unwrap();
+        accepted += out.accepted.len();
+    }
+    assert!(accepted >= 10, "{accepted}");
+    let tokens = s.tokens();
+    let incremental = s.logits_of_chain(&[]).unwrap().remove(0);
+    let mut fresh = session();
+    fresh.prefill(&tokens).unwrap();
+    let clean = fresh.logits_of_chain(&[]).unwrap().remove(0);
+    let max_diff = incremental.iter().zip(&clean).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    // Compare the next-token distributions: total variation distance.
+    let probs = |l: &[f32]| {
+        let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f64> = l.iter().map(|&x| f64::from(x - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / s).collect::<Vec<f64>>()
+    };
+    let tv: f64 = probs(&incremental).iter().zip(probs(&clean)).map(|(a, b)| (a - b).abs()).sum::<f64>() / 2.0;
+    let (best, bv, sv) = top2(&clean);
+    eprintln!("cache: max logit difference {max_diff:.4}, total variation {tv:.5} after {} tokens", tokens.len());
+    assert!(tv < 0.02, "next-token distributions differ by {tv}");
+    assert!(argmax(&incremental) == best || bv - sv < NEAR_TIE);
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let not_gguf = dir.path().join("x.gguf");
+    std::fs::write(&not_gguf, "hello").unwrap();
+    assert!(Model::load(dir.path().join("missing.gguf")).unwrap_err().to_string().contains("no such file"));
+    assert!(Model::load(&not_gguf).unwrap_err().to_string().contains("GGUF"));
+
+    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4 }).unwrap();
+    assert!(s.prefill(&[]).unwrap_err().to_string().contains("empty"));
+    let long: Vec<u32> = (0..100).map(|i| 100 + i).collect();
+    assert!(s.prefill(&long).unwrap_err().to_string().contains("more than the context"));
+    assert!(s.prefill(&[2, 999_999]).unwrap_err().to_string().contains("vocabulary"));
+    s.prefill(&[2, 100, 200]).unwrap();
+    let mut greedy = Chooser::new(SamplingParams::greedy());
+    let wide: DraftTree = {
+        let mut t = DraftTree::new();
+        for i in 0..6 {
+            t.push(None, 300 + i, 0);
+        }
+        t
+    };
+    assert!(s.step(&wide, &mut greedy, |_, _| {}).unwrap_err().to_string().contains("sequences"));
+    let big = DraftTree::chain(&(0..20).map(|i| 300 + i).collect::<Vec<_>>());
+    assert!(s.step(&big, &mut greedy, |_, _| {}).unwrap_err().to_string().contains("batch"));
+    let bad = SamplingParams { temperature: -1.0, ..SamplingParams::greedy() };
+    let opts = GenerateOptions { sampling: bad, ..GenerateOptions::default() };
+    assert!(generate(&mut s, &[2, 100], &mut NoDrafts, &opts, |_| {}).is_err());
+    // the session still works after refusing
+    let out = s.step(&DraftTree::new(), &mut greedy, |_, _| {}).unwrap();
+    assert_eq!(out.emitted.len(), 1);
+
+    // the CLI says so too, without panicking
+    let o = std::process::Command::new(ibid_bin())
+        .args(["generate", "--model", not_gguf.to_str().unwrap(), "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("GGUF"));
+    let o = std::process::Command::new(ibid_bin())
+        .args(["generate", "--model", model_path().to_str().unwrap(), "--prompt", "hi", "--top-p", "0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("top_p"));
+}
+
+#[test]
+fn an_index_must_share_the_models_vocabulary() {
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, "def f(x):\n    return x + 1\n").unwrap();
+    let gguf = dir.path().join("gguf");
+    ibid::index::build(&[corpus.clone()], model().tokenizer(), &ibid::index::BuildOptions::new(&gguf), &ibid::index::build::Quiet).unwrap();
+    model().check_index(&ibid::index::Index::open(&gguf).unwrap()).unwrap();
+    let bytes = dir.path().join("bytes");
+    ibid::index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &ibid::index::BuildOptions::new(&bytes), &ibid::index::build::Quiet).unwrap();
+    let err = model().check_index(&ibid::index::Index::open(&bytes).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("bytes") && err.contains("gemma"), "{err}");
+}
