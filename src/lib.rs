@@ -6,6 +6,7 @@
 pub mod api;
 pub mod calibrate;
 pub mod corpus;
+pub mod draft;
 pub mod error;
 pub mod generate;
 pub mod index;

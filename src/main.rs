@@ -13,7 +13,7 @@ mod render;
 
 use ibid::api::{QueryEngine, QueryIds, QueryRequest, QueryType};
 use ibid::corpus::{CorpusOptions, InputFormat};
-use ibid::generate::{generate, GenerateOptions, NoDrafts};
+use ibid::generate::{generate, GenerateOptions};
 use ibid::model::{Model, TextStream};
 use ibid::serve::ServeOptions;
 use ibid::verify::{SamplingParams, Session, SessionOptions};
@@ -331,9 +331,16 @@ struct GenerateArgs {
     /// Seed for sampling (default: random).
     #[arg(long)]
     seed: Option<u64>,
-    /// An index whose tokenizer must match the model (refused otherwise).
+    /// A corpus index to draft from (its tokenizer must match the model).
     #[arg(long)]
     index: Option<PathBuf>,
+    /// Draft sources: none, context, index, or a comma list (default: context, plus index when
+    /// one is given).
+    #[arg(long, value_delimiter = ',')]
+    draft: Vec<String>,
+    /// Most draft tokens verified per step.
+    #[arg(long, default_value_t = 4)]
+    budget: usize,
     /// Print tokens/s, prompt and decode time to stderr.
     #[arg(long)]
     stats: bool,
@@ -501,16 +508,46 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     };
     sampling.validate()?;
     let model = args.model.load()?;
-    if let Some(dir) = &args.index {
-        let index = Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
-        model.check_index(&index)?;
+    let index = match &args.index {
+        Some(dir) => {
+            let index = Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
+            model.check_index(&index)?;
+            Some(index)
+        }
+        None => None,
+    };
+    let sources: Vec<String> = if args.draft.is_empty() {
+        let mut d = vec!["context".to_string()];
+        if index.is_some() {
+            d.push("index".into());
+        }
+        d
+    } else {
+        args.draft.clone()
+    };
+    let mut proposers: Vec<Box<dyn ibid::draft::Proposer + '_>> = Vec::new();
+    for s in &sources {
+        match (s.as_str(), &index) {
+            ("none", _) => {}
+            ("context", _) => proposers.push(Box::new(ibid::draft::ContextDrafter::default())),
+            ("index", Some(ix)) => proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix))),
+            ("index", None) => anyhow::bail!("--draft index needs --index DIR"),
+            ("all", _) => {
+                proposers.push(Box::new(ibid::draft::ContextDrafter::default()));
+                if let Some(ix) = &index {
+                    proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix)));
+                }
+            }
+            (other, _) => anyhow::bail!("unknown draft source {other:?}: use none, context, index or all"),
+        }
     }
+    let mut drafter = ibid::draft::Combined::new(proposers);
     let mut session = Session::new(&model, args.model.session_options(threads))?;
     let tokens = model.tokenize_prompt(&prompt);
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, ..GenerateOptions::default() };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, budget: args.budget, ..GenerateOptions::default() };
     let mut text = TextStream::default();
     let mut out = std::io::stdout().lock();
-    let report = generate(&mut session, &tokens, &mut NoDrafts, &options, |t| {
+    let report = generate(&mut session, &tokens, &mut drafter, &options, |t| {
         let piece = text.push(&model, t);
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
@@ -527,6 +564,9 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
                 "tokens_per_s": report.tokens_per_s(),
                 "steps": report.steps,
                 "tokens_per_step": report.tokens_per_step(),
+                "drafted": report.drafted,
+                "accepted": report.accepted,
+                "sources": drafter.source_names().iter().zip(&drafter.stats).map(|(n, s)| json!({"source": n, "drafted": s.drafted, "accepted": s.accepted})).collect::<Vec<_>>(),
                 "stop": report.stop,
                 "threads": threads,
             })

@@ -450,3 +450,25 @@ fn an_index_must_share_the_models_vocabulary() {
     let err = model().check_index(&ibid::index::Index::open(&bytes).unwrap()).unwrap_err().to_string();
     assert!(err.contains("bytes") && err.contains("gemma"), "{err}");
 }
+
+#[test]
+fn context_drafts_speed_up_a_copy_and_change_nothing() {
+    let _l = lock();
+    let mut s = session();
+    let stdlib = std::process::Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .output()
+        .unwrap();
+    let src = std::fs::read_to_string(std::path::Path::new(String::from_utf8(stdlib.stdout).unwrap().trim()).join("colorsys.py")).unwrap();
+    let passage = &src[..800];
+    let prompt = model().tokenize_prompt(&format!("{passage}\n\n# The same code again, unchanged:\n\n{}", &passage[..120]));
+    let plain = generate(&mut s, &prompt, &mut NoDrafts, &greedy(48, 0), |_| {}).unwrap();
+    let mut drafter = ibid::draft::Combined::new(vec![Box::new(ibid::draft::ContextDrafter::default())]);
+    let spec = generate(&mut s, &prompt, &mut drafter, &greedy(48, 6), |_| {}).unwrap();
+    match plain.tokens.iter().zip(&spec.tokens).position(|(a, b)| a != b) {
+        None => assert_eq!(plain.tokens, spec.tokens),
+        Some(at) => assert!(plain.margins[at] < NEAR_TIE, "split at {at} with margin {}", plain.margins[at]),
+    }
+    eprintln!("copy prompt: {:.2} tokens per step, {} of {} drafts accepted", spec.tokens_per_step(), spec.accepted, spec.drafted);
+    assert!(spec.tokens_per_step() > 2.0, "{}", spec.tokens_per_step());
+}

@@ -1,0 +1,84 @@
+//! Drafts from the running context (prompt and output so far): where the last tokens occurred
+//! before, what followed them then is likely to follow now. Copy-heavy answers live here.
+
+use super::{Candidate, Proposer};
+
+pub struct ContextDrafter {
+    /// Longest suffix to match.
+    pub max_match: usize,
+    /// Shortest match worth drafting from.
+    pub min_match: usize,
+    /// Most continuations proposed per step.
+    pub max_candidates: usize,
+}
+
+impl Default for ContextDrafter {
+    fn default() -> Self {
+        ContextDrafter { max_match: 16, min_match: 1, max_candidates: 8 }
+    }
+}
+
+/// Length of the common suffix of `a[..i]` and `a` (capped), i.e. how well position `i` matches
+/// the end of the context.
+fn suffix_match(a: &[u32], i: usize, cap: usize) -> usize {
+    let n = a.len();
+    let mut m = 0;
+    while m < cap && m < i && a[i - 1 - m] == a[n - 1 - m] {
+        m += 1;
+    }
+    m
+}
+
+impl Proposer for ContextDrafter {
+    fn name(&self) -> &str {
+        "context"
+    }
+
+    fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
+        let n = context.len();
+        if n < 2 {
+            return Vec::new();
+        }
+        // (match length, end position of the earlier occurrence)
+        let mut matches: Vec<(usize, usize)> = (1..n)
+            .filter_map(|i| {
+                let m = suffix_match(context, i, self.max_match);
+                (m >= self.min_match).then_some((m, i))
+            })
+            .collect();
+        // longest matches first, the most recent among equals
+        matches.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        let mut out: Vec<Candidate> = Vec::new();
+        for (m, i) in matches {
+            if out.len() >= self.max_candidates {
+                break;
+            }
+            let tokens: Vec<u32> = context[i..(i + max_depth).min(n)].to_vec();
+            if tokens.is_empty() || out.iter().any(|c| c.tokens.starts_with(&tokens)) {
+                continue;
+            }
+            // a longer match predicts better; each further token a little less
+            let p_first = 1.0 - 0.5f64.powi(m as i32);
+            out.push(Candidate { score: p_first, tokens });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_the_longest_recent_match() {
+        let mut d = ContextDrafter::default();
+        //          a  b  c  d  x  a  b  c  e  y  a  b  c
+        let ctx = [1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3];
+        let c = d.propose(&ctx, 3);
+        assert_eq!(c[0].tokens, vec![5, 8, 1], "most recent of the equally long matches first");
+        assert_eq!(c[1].tokens, vec![4, 9, 1]);
+        assert!(c.iter().all(|x| x.score > 0.0 && x.score < 1.0));
+        assert!(d.propose(&[1], 4).is_empty());
+        assert!(d.propose(&[1, 2, 3], 4).is_empty(), "no earlier occurrence of the last token");
+    }
+}

@@ -1,0 +1,81 @@
+//! Drafts from the corpus index (REST-style): the longest suffix of the context that occurs in the
+//! corpus, then what followed it there, as a trie weighted by counts.
+
+use std::collections::HashMap;
+
+use super::{Candidate, Proposer};
+use crate::index::Index;
+
+pub struct IndexDrafter<'i> {
+    index: &'i Index,
+    /// Longest context suffix looked up.
+    pub max_suffix: usize,
+    /// Occurrences read per step (evenly spread over the match range).
+    pub samples: u64,
+    pub max_candidates: usize,
+}
+
+impl<'i> IndexDrafter<'i> {
+    pub fn new(index: &'i Index) -> Self {
+        IndexDrafter { index, max_suffix: 16, samples: 64, max_candidates: 8 }
+    }
+}
+
+impl Proposer for IndexDrafter<'_> {
+    fn name(&self) -> &str {
+        "index"
+    }
+
+    fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
+        let sep = self.index.width.separator();
+        let tail = &context[context.len().saturating_sub(self.max_suffix)..];
+        if tail.iter().any(|&t| t >= sep) {
+            return Vec::new();
+        }
+        let Ok(len) = self.index.longest_suffix(tail) else { return Vec::new() };
+        if len == 0 {
+            return Vec::new();
+        }
+        let suffix = &tail[tail.len() - len..];
+        let Ok(found) = self.index.find(suffix) else { return Vec::new() };
+        let w = self.index.width.bytes() as u64;
+        let num_bytes = len as u64 * w;
+        // Count each continuation (up to max_depth tokens, stopping at a document end).
+        let mut paths: HashMap<Vec<u32>, u64> = HashMap::new();
+        let mut seen = 0u64;
+        for (shard, &(lo, hi)) in self.index.shards.iter().zip(&found.segments) {
+            let n = hi - lo;
+            if n == 0 {
+                continue;
+            }
+            let take = n.min(self.samples);
+            for k in 0..take {
+                let rank = lo + k * n / take;
+                let start = shard.pointer(rank) + num_bytes;
+                let mut cont = Vec::with_capacity(max_depth);
+                for j in 0..max_depth as u64 {
+                    match shard.token_at(start + j * w) {
+                        Some(t) if t != sep => cont.push(t),
+                        _ => break,
+                    }
+                }
+                if !cont.is_empty() {
+                    *paths.entry(cont).or_default() += 1;
+                    seen += 1;
+                }
+            }
+        }
+        if seen == 0 {
+            return Vec::new();
+        }
+        // More context matched and more agreement between occurrences: a better guess.
+        let confidence = 1.0 - 0.5f64.powi(len.min(16) as i32);
+        let mut out: Vec<Candidate> = paths
+            .into_iter()
+            .map(|(tokens, c)| Candidate { score: confidence * c as f64 / seen as f64, tokens })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
+        out.truncate(self.max_candidates);
+        out
+    }
+}
