@@ -338,9 +338,10 @@ struct GenerateArgs {
     /// one is given).
     #[arg(long, value_delimiter = ',')]
     draft: Vec<String>,
-    /// Most draft tokens verified per step.
-    #[arg(long, default_value_t = 4)]
-    budget: usize,
+    /// Most draft tokens verified per step; `auto` (the default) picks it each step from the cost
+    /// curve (`ibid calibrate`) and the acceptance seen so far, up to 16.
+    #[arg(long, default_value = "auto")]
+    budget: String,
     /// Print tokens/s, prompt and decode time to stderr.
     #[arg(long)]
     stats: bool,
@@ -542,9 +543,17 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         }
     }
     let mut drafter = ibid::draft::Combined::new(proposers);
+    let max_budget = match args.budget.as_str() {
+        "auto" => {
+            let curve = ibid::calibrate::load_cached(&args.model.model, threads);
+            drafter.budget = Some(ibid::draft::Budget::new(curve.as_ref(), 16));
+            16
+        }
+        n => n.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {n:?}"))?,
+    };
     let mut session = Session::new(&model, args.model.session_options(threads))?;
     let tokens = model.tokenize_prompt(&prompt);
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, budget: args.budget, ..GenerateOptions::default() };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, budget: max_budget, ..GenerateOptions::default() };
     let mut text = TextStream::default();
     let mut out = std::io::stdout().lock();
     let report = generate(&mut session, &tokens, &mut drafter, &options, |t| {
@@ -565,6 +574,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
                 "steps": report.steps,
                 "tokens_per_step": report.tokens_per_step(),
                 "drafted": report.drafted,
+                "mean_budget": drafter.budgets.iter().sum::<usize>() as f64 / drafter.budgets.len().max(1) as f64,
                 "accepted": report.accepted,
                 "sources": drafter.source_names().iter().zip(&drafter.stats).map(|(n, s)| json!({"source": n, "drafted": s.drafted, "accepted": s.accepted})).collect::<Vec<_>>(),
                 "stop": report.stop,

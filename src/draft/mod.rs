@@ -1,6 +1,7 @@
 //! Drafters that cost no neural network: continuations from the running context and from the
 //! corpus index. Each proposes scored paths; `Combined` merges them into one tree, best first.
 
+pub mod budget;
 pub mod context;
 pub mod retrieve;
 
@@ -8,6 +9,7 @@ use crate::generate::Drafter;
 use crate::verify::tree::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
+pub use budget::Budget;
 pub use context::ContextDrafter;
 pub use retrieve::IndexDrafter;
 
@@ -38,12 +40,16 @@ pub struct Combined<'a> {
     proposers: Vec<Box<dyn Proposer + 'a>>,
     pub stats: Vec<SourceStats>,
     pub max_depth: usize,
+    /// Sizes each step's tree from costs and acceptance; without it, the caller's budget is used.
+    pub budget: Option<Budget>,
+    /// Budgets chosen, for `--stats`.
+    pub budgets: Vec<usize>,
 }
 
 impl<'a> Combined<'a> {
     pub fn new(proposers: Vec<Box<dyn Proposer + 'a>>) -> Self {
         let n = proposers.len();
-        Combined { proposers, stats: vec![SourceStats::default(); n], max_depth: 12 }
+        Combined { proposers, stats: vec![SourceStats::default(); n], max_depth: 12, budget: None, budgets: Vec::new() }
     }
 
     pub fn source_names(&self) -> Vec<String> {
@@ -63,6 +69,11 @@ impl Drafter for Combined<'_> {
     }
 
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
+        let budget = self.budget.as_ref().map_or(budget, |b| b.choose().min(budget));
+        self.budgets.push(budget);
+        if budget == 0 {
+            return DraftTree::new();
+        }
         let mut all: Vec<(f64, SourceId, Vec<u32>)> = Vec::new();
         for i in 0..self.proposers.len() {
             let weight = self.acceptance(i);
@@ -93,6 +104,9 @@ impl Drafter for Combined<'_> {
     }
 
     fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome) {
+        if let Some(b) = self.budget.as_mut() {
+            b.observe(tree, outcome);
+        }
         for node in 0..tree.len() {
             let s = tree.source(node) as usize;
             if let Some(stats) = self.stats.get_mut(s) {
