@@ -357,10 +357,7 @@ fn check_offsets(shard: &Shard) -> Result<()> {
         if !ok_order || off >= size || off % w != 0 {
             return Err(Error::corrupt(&shard.offsets.path, format!("document {d} has an invalid offset {off}")));
         }
-        let token = &shard.tokenized.bytes()[off as usize..(off + w) as usize];
-        let mut le = [0u8; 4];
-        le[..token.len()].copy_from_slice(token);
-        if u32::from_le_bytes(le) != sep {
+        if shard.token_at(off) != Some(sep) {
             return Err(Error::corrupt(
                 &shard.offsets.path,
                 format!("document {d} starts at byte {off} of {}, which is not a separator", shard.tokenized.path.display()),
