@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::verify::Session;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,14 +77,19 @@ pub fn measure(session: &mut Session<'_>, sizes: &[usize], context_tokens: usize
 }
 
 /// Where the curve for a model file and thread count is cached.
-pub fn cache_path(model: &std::path::Path, threads: usize) -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+/// ibid's cache folder: `$XDG_CACHE_HOME/ibid`, else `~/.cache/ibid`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
+        .unwrap_or_else(std::env::temp_dir)
+        .join("ibid")
+}
+
+pub fn cache_path(model: &std::path::Path, threads: usize) -> PathBuf {
     let name = model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
-    base.join("ibid").join(format!("cost-{name}-{size}-t{threads}.json"))
+    cache_dir().join(format!("cost-{name}-{size}-t{threads}.json"))
 }
 
 pub fn load_cached(model: &std::path::Path, threads: usize) -> Option<CostCurve> {
@@ -95,11 +100,7 @@ pub fn load_cached(model: &std::path::Path, threads: usize) -> Option<CostCurve>
 /// Save atomically (write then rename).
 pub fn save(curve: &CostCurve, model: &std::path::Path) -> Result<PathBuf> {
     let path = cache_path(model, curve.threads);
-    let dir = path.parent().expect("cache path has a folder");
-    std::fs::create_dir_all(dir).at(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(curve).expect("serializes")).at(&tmp)?;
-    std::fs::rename(&tmp, &path).at(&path)?;
+    crate::error::write_atomic(&path, &serde_json::to_vec_pretty(curve).expect("serializes"))?;
     Ok(path)
 }
 

@@ -49,6 +49,11 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     Invalid(String),
 
+    /// A side file (a saved recycling matrix, ...) that is truncated, corrupt or made for
+    /// another model or index.
+    #[error("{path}: unusable: {reason}")]
+    Unusable { path: PathBuf, reason: String },
+
     /// llama.cpp refused a context or a batch.
     #[error("llama.cpp: {0}")]
     Llama(String),
@@ -70,6 +75,22 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// Write a file so that readers see the old contents or the new, never a part: a temporary file
+/// in the same folder, synced, then renamed over the destination.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).at(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".ibid-tmp").tempfile_in(dir).at(dir)?;
+    tmp.write_all(bytes).at(tmp.path())?;
+    tmp.as_file().sync_all().at(tmp.path())?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
 }
 
 /// Attach a path to an `io::Result`.

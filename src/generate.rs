@@ -17,6 +17,14 @@ pub trait Drafter {
 
     /// Learn from a verification step (the tree, what was accepted, and top logits if asked for).
     fn observe(&mut self, _tree: &DraftTree, _outcome: &StepOutcome) {}
+
+    /// Whether the loop should pass the logits of every verified node to `observe_logits`.
+    fn wants_logits(&self) -> bool {
+        false
+    }
+
+    /// The model's logits right after `token` (the pending token or a draft node).
+    fn observe_logits(&mut self, _token: u32, _logits: &[f32]) {}
 }
 
 /// Drafts nothing: plain decoding.
@@ -120,9 +128,16 @@ pub fn generate(
         let left = options.max_tokens - report.tokens.len();
         // No point drafting past the last token we will keep.
         let budget = options.budget.min(room).min(left.saturating_sub(1));
-        let mut tree = if budget > 0 { drafter.draft(&session.tokens(), budget) } else { DraftTree::new() };
+        let context = session.tokens();
+        let mut tree = if budget > 0 { drafter.draft(&context, budget) } else { DraftTree::new() };
         tree.truncate(budget.min(tree.len()));
-        let outcome = session.step(&tree, &mut chooser, |_, _| {})?;
+        let wants_logits = drafter.wants_logits();
+        let pending = *context.last().expect("a prefilled session has a pending token");
+        let outcome = session.step(&tree, &mut chooser, |node, logits| {
+            if wants_logits {
+                drafter.observe_logits(node.map_or(pending, |n| tree.token(n)), logits);
+            }
+        })?;
         drafter.observe(&tree, &outcome);
         report.steps += 1;
         report.drafted += tree.len();

@@ -334,10 +334,21 @@ struct GenerateArgs {
     /// A corpus index to draft from (its tokenizer must match the model).
     #[arg(long)]
     index: Option<PathBuf>,
-    /// Draft sources: none, context, index, or a comma list (default: context, plus index when
-    /// one is given).
+    /// Draft sources, a comma list of: context, index, recycle, all (the default: every source
+    /// that applies), none (plain decoding), oracle (needs --oracle).
     #[arg(long, value_delimiter = ',')]
     draft: Vec<String>,
+    /// A `--report` file of an earlier greedy run of the same prompt: `--draft oracle` drafts its
+    /// tokens, the ceiling on what drafting can gain.
+    #[arg(long)]
+    oracle: Option<PathBuf>,
+    /// Do not save the token-recycling matrix after the run (it is saved next to the index, or in
+    /// the cache folder without one, and loaded on the next run).
+    #[arg(long)]
+    no_recycle_save: bool,
+    /// Write the statistics, the token ids and the text as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Most draft tokens verified per step; `auto` (the default) picks it each step from the cost
     /// curve (`ibid calibrate`) and the acceptance seen so far, up to 16.
     #[arg(long, default_value = "auto")]
@@ -517,30 +528,56 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         }
         None => None,
     };
-    let sources: Vec<String> = if args.draft.is_empty() {
-        let mut d = vec!["context".to_string()];
-        if index.is_some() {
-            d.push("index".into());
-        }
-        d
-    } else {
-        args.draft.clone()
-    };
-    let mut proposers: Vec<Box<dyn ibid::draft::Proposer + '_>> = Vec::new();
+    let sources: Vec<String> = if args.draft.is_empty() { vec!["all".into()] } else { args.draft.clone() };
+    let prompt_tokens = model.tokenize_prompt(&prompt);
+    let want = |name: &str| sources.iter().any(|s| s == name || s == "all" && name != "oracle");
     for s in &sources {
-        match (s.as_str(), &index) {
-            ("none", _) => {}
-            ("context", _) => proposers.push(Box::new(ibid::draft::ContextDrafter::default())),
-            ("index", Some(ix)) => proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix))),
-            ("index", None) => anyhow::bail!("--draft index needs --index DIR"),
-            ("all", _) => {
-                proposers.push(Box::new(ibid::draft::ContextDrafter::default()));
-                if let Some(ix) = &index {
-                    proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix)));
-                }
-            }
-            (other, _) => anyhow::bail!("unknown draft source {other:?}: use none, context, index or all"),
+        if !["none", "context", "index", "recycle", "oracle", "all"].contains(&s.as_str()) {
+            anyhow::bail!("unknown draft source {s:?}: use context, index, recycle, all, none or oracle");
         }
+    }
+    if sources.iter().any(|s| s == "index") && index.is_none() {
+        anyhow::bail!("--draft index needs --index DIR");
+    }
+    let mut proposers: Vec<Box<dyn ibid::draft::Proposer + '_>> = Vec::new();
+    if want("context") {
+        proposers.push(Box::new(ibid::draft::ContextDrafter::default()));
+    }
+    if let (true, Some(ix)) = (want("index"), &index) {
+        proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix)));
+    }
+    let mut recycle_open_s = None;
+    if want("recycle") {
+        let vocab_hash = ibid::tokenize::Tokenizer::identity(model.tokenizer()).vocab_hash.clone();
+        let k = ibid::draft::recycle::DEFAULT_K;
+        let path = ibid::draft::recycle::matrix_path(
+            &index.as_ref().map_or_else(ibid::calibrate::cache_dir, |ix| ix.dir.clone()),
+            &vocab_hash,
+            k,
+        );
+        let identity = ibid::draft::recycle::identity(&vocab_hash, index.as_ref());
+        let started = Instant::now();
+        let (matrix, origin, problem) =
+            ibid::draft::recycle::open_matrix(&path, &identity, index.as_ref(), model.n_vocab(), k);
+        if let Some(e) = problem {
+            eprintln!("ibid: warning: {e}; starting a new recycling matrix");
+        }
+        recycle_open_s = Some(started.elapsed().as_secs_f64());
+        let mut recycle = ibid::draft::RecycleDrafter::new(matrix);
+        recycle.origin = Some(origin);
+        if !args.no_recycle_save {
+            recycle.save_to = Some((path, identity));
+        }
+        proposers.push(Box::new(recycle));
+    }
+    if want("oracle") {
+        let file = args.oracle.as_ref().context("--draft oracle needs --oracle REPORT")?;
+        let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&text).with_context(|| format!("{} is not a JSON report", file.display()))?;
+        let reference: Vec<u32> = serde_json::from_value(report["token_ids"].clone())
+            .with_context(|| format!("{} has no token_ids list", file.display()))?;
+        proposers.push(Box::new(ibid::draft::OracleDrafter::new(prompt_tokens.len(), reference)));
     }
     let mut drafter = ibid::draft::Combined::new(proposers);
     let max_budget = match args.budget.as_str() {
@@ -552,7 +589,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         n => n.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {n:?}"))?,
     };
     let mut session = Session::new(&model, args.model.session_options(threads))?;
-    let tokens = model.tokenize_prompt(&prompt);
+    let tokens = prompt_tokens;
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, budget: max_budget, ..GenerateOptions::default() };
     let mut text = TextStream::default();
     let mut out = std::io::stdout().lock();
@@ -561,28 +598,49 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })?;
-    let _ = writeln!(out, "{}", text.finish());
+    let tail = text.finish();
+    let _ = writeln!(out, "{tail}");
+    drop(out);
+    if let Err(e) = drafter.finish() {
+        eprintln!("ibid: warning: {e}");
+    }
+    let mut stats = json!({
+        "prompt_tokens": report.prompt_tokens,
+        "tokens": report.tokens.len(),
+        "prompt_s": report.prompt_s,
+        "decode_s": report.decode_s,
+        "tokens_per_s": report.tokens_per_s(),
+        "steps": report.steps,
+        "tokens_per_step": report.tokens_per_step(),
+        "drafted": report.drafted,
+        "accepted": report.accepted,
+        "mean_budget": drafter.budgets.iter().sum::<usize>() as f64 / drafter.budgets.len().max(1) as f64,
+        "budgets": budget_histogram(&drafter.budgets),
+        "sources": drafter.source_report(),
+        "recycle_open_s": recycle_open_s,
+        "stop": report.stop,
+        "threads": threads,
+    });
     if args.stats {
-        eprintln!(
-            "{}",
-            json!({
-                "prompt_tokens": report.prompt_tokens,
-                "tokens": report.tokens.len(),
-                "prompt_s": report.prompt_s,
-                "decode_s": report.decode_s,
-                "tokens_per_s": report.tokens_per_s(),
-                "steps": report.steps,
-                "tokens_per_step": report.tokens_per_step(),
-                "drafted": report.drafted,
-                "mean_budget": drafter.budgets.iter().sum::<usize>() as f64 / drafter.budgets.len().max(1) as f64,
-                "accepted": report.accepted,
-                "sources": drafter.source_names().iter().zip(&drafter.stats).map(|(n, s)| json!({"source": n, "drafted": s.drafted, "accepted": s.accepted})).collect::<Vec<_>>(),
-                "stop": report.stop,
-                "threads": threads,
-            })
-        );
+        eprintln!("{stats}");
+    }
+    if let Some(path) = &args.report {
+        stats["token_ids"] = json!(report.tokens);
+        stats["margins"] = json!(report.margins);
+        stats["text"] = json!(String::from_utf8_lossy(&report.tokens.iter().flat_map(|&t| model.token_bytes(t)).collect::<Vec<u8>>()));
+        ibid::error::write_atomic(path, &serde_json::to_vec_pretty(&stats)?)
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
     }
     Ok(())
+}
+
+/// How often each budget was chosen, as `{"budget": steps}`.
+fn budget_histogram(budgets: &[usize]) -> serde_json::Value {
+    let mut counts = std::collections::BTreeMap::new();
+    for &b in budgets {
+        *counts.entry(b).or_insert(0u64) += 1;
+    }
+    json!(counts.into_iter().map(|(b, n)| (b.to_string(), json!(n))).collect::<serde_json::Map<_, _>>())
 }
 
 fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usize, threads: usize) -> Result<()> {

@@ -28,9 +28,10 @@ fn index_drafter_proposes_what_follows_the_longest_matching_suffix() {
     let c = drafter.propose(&[3, 5, 6, 7], 2);
     assert_eq!(c[0].tokens, vec![8, 9]);
     assert_eq!(c[1].tokens, vec![1], "a document end stops the continuation");
-    assert!(c[0].score > c[1].score);
-    let total: f64 = c.iter().map(|x| x.score).sum();
+    assert!(c[0].path_score() > c[1].path_score());
+    let total: f64 = c.iter().map(|x| x.path_score()).sum();
     assert!(total <= 1.0 + 1e-9);
+    assert!(c.iter().all(|x| x.scores.len() == x.tokens.len()));
     assert!(drafter.propose(&[60_000], 4).is_empty(), "no suffix occurs: nothing to propose");
 }
 

@@ -1,16 +1,12 @@
-//! How many draft tokens to verify per step: the count that maximizes expected tokens per second,
-//! from the calibrated cost of a batch of N tokens and the acceptance seen so far at each depth.
+//! How many draft nodes to verify per step: the count that maximizes expected tokens per unit
+//! of time, from the calibrated cost of a batch of N tokens and each node's probability of being
+//! accepted (its path probability, from the merged tree).
 
 use crate::calibrate::CostCurve;
-use crate::verify::{DraftTree, StepOutcome};
 
 pub struct Budget {
     /// Cost of a batch of n + 1 tokens relative to 1, for n = 0..=max.
     relative: Vec<f64>,
-    /// Per depth d (1-based at index d - 1): steps whose tree reached depth d along the path
-    /// accepted so far, and steps that accepted a token at depth d.
-    reached: Vec<u64>,
-    accepted: Vec<u64>,
     steps: u64,
 }
 
@@ -28,52 +24,30 @@ impl Budget {
         };
         let curve = curve.unwrap_or(&default);
         let relative = (0..=max).map(|n| curve.relative(n + 1).max(1.0)).collect();
-        Budget { relative, reached: vec![0; max], accepted: vec![0; max], steps: 0 }
+        Budget { relative, steps: 0 }
     }
 
-    /// Probability that depth `d` is accepted once depth `d - 1` was (a prior of 2 in 3).
-    fn p(&self, d: usize) -> f64 {
-        (self.accepted[d - 1] as f64 + 2.0) / (self.reached[d - 1] as f64 + 3.0)
+    /// The most nodes this budget ever allows.
+    pub fn max(&self) -> usize {
+        self.relative.len() - 1
     }
 
-    /// Expected tokens per step with `k` draft tokens in a chain, divided by the batch's cost.
-    pub fn value(&self, k: usize) -> f64 {
-        let mut expected = 1.0;
-        let mut reach = 1.0;
-        for d in 1..=k {
-            reach *= self.p(d);
-            expected += reach;
-        }
-        expected / self.relative[k]
+    /// Expected tokens per step with the first `k` nodes (path probabilities `path_p`, best
+    /// first), divided by the cost of their batch. Each accepted node adds one token.
+    pub fn value(&self, path_p: &[f64], k: usize) -> f64 {
+        (1.0 + path_p[..k].iter().sum::<f64>()) / self.relative[k]
     }
 
-    /// The best number of draft tokens; every 8th step at least 1, to keep learning.
-    pub fn choose(&self) -> usize {
-        let best = (0..self.relative.len()).max_by(|&a, &b| self.value(a).total_cmp(&self.value(b))).unwrap_or(0);
-        if best == 0 && self.steps % 8 == 7 && self.relative.len() > 1 {
+    /// How many of the nodes (best first) to verify; every 8th step at least 1, so that the
+    /// sources keep learning when drafting does not pay.
+    pub fn choose(&mut self, path_p: &[f64]) -> usize {
+        self.steps += 1;
+        let n = path_p.len().min(self.max());
+        let best = (0..=n).max_by(|&a, &b| self.value(path_p, a).total_cmp(&self.value(path_p, b))).unwrap_or(0);
+        if best == 0 && n > 0 && self.steps % 8 == 0 {
             1
         } else {
             best
-        }
-    }
-
-    pub fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome) {
-        self.steps += 1;
-        let depth_accepted = outcome.accepted.len();
-        // depth d was reachable if the path accepted through d - 1 has a child in the tree
-        let mut parent: Option<usize> = None;
-        for d in 1..=self.reached.len() {
-            let has_child = (0..tree.len()).any(|n| tree.parent(n) == parent && tree.depth(n) == d);
-            if !has_child {
-                break;
-            }
-            self.reached[d - 1] += 1;
-            if d <= depth_accepted {
-                self.accepted[d - 1] += 1;
-                parent = Some(outcome.accepted[d - 1]);
-            } else {
-                break;
-            }
         }
     }
 }
@@ -83,19 +57,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drafts_more_when_drafts_are_accepted() {
-        let mut b = Budget::new(None, 8);
-        let chain = DraftTree::chain(&[1, 2, 3, 4, 5, 6, 7, 8]);
-        let all = StepOutcome { emitted: vec![1, 2, 3, 4, 5, 6, 7, 8, 9], accepted: (0..8).collect(), margins: vec![], batch_tokens: 9 };
-        for _ in 0..50 {
-            b.observe(&chain, &all);
-        }
-        assert!(b.choose() >= 4, "{}", b.choose());
-        let mut b = Budget::new(None, 8);
-        let none = StepOutcome { emitted: vec![9], accepted: vec![], margins: vec![], batch_tokens: 9 };
-        for _ in 0..50 {
-            b.observe(&chain, &none);
-        }
-        assert_eq!(b.choose(), 0, "drafts that never pay are switched off");
+    fn drafts_only_what_pays() {
+        let mut b = Budget::new(None, 16);
+        let sure = vec![0.99; 16];
+        assert!(b.choose(&sure) >= 8, "{}", b.choose(&sure));
+        let mut b = Budget::new(None, 16);
+        let hopeless = vec![0.01; 16];
+        assert_eq!(b.choose(&hopeless), 0, "drafts that cannot pay are switched off");
+        // one good node then poor ones: just the good one
+        let mut b = Budget::new(None, 16);
+        assert_eq!(b.choose(&[0.9, 0.05, 0.04, 0.03]), 1);
+        // exploration: at least one node every 8th step
+        let mut b = Budget::new(None, 16);
+        let chosen: Vec<usize> = (0..16).map(|_| b.choose(&hopeless)).collect();
+        assert_eq!(chosen.iter().filter(|&&k| k == 1).count(), 2);
     }
 }

@@ -59,7 +59,7 @@ impl Proposer for ContextDrafter {
             }
             // a longer match predicts better; each further token a little less
             let p_first = 1.0 - 0.5f64.powi(m as i32);
-            out.push(Candidate { score: p_first, tokens });
+            out.push(Candidate::uniform(tokens, p_first));
         }
         out
     }
@@ -77,7 +77,7 @@ mod tests {
         let c = d.propose(&ctx, 3);
         assert_eq!(c[0].tokens, vec![5, 8, 1], "most recent of the equally long matches first");
         assert_eq!(c[1].tokens, vec![4, 9, 1]);
-        assert!(c.iter().all(|x| x.score > 0.0 && x.score < 1.0));
+        assert!(c.iter().all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
         assert!(d.propose(&[1], 4).is_empty());
         assert!(d.propose(&[1, 2, 3], 4).is_empty(), "no earlier occurrence of the last token");
     }

@@ -3,6 +3,8 @@
 
 pub mod budget;
 pub mod context;
+pub mod oracle;
+pub mod recycle;
 pub mod retrieve;
 
 use crate::generate::Drafter;
@@ -11,20 +13,56 @@ use crate::verify::{DraftTree, StepOutcome};
 
 pub use budget::Budget;
 pub use context::ContextDrafter;
+pub use oracle::OracleDrafter;
+pub use recycle::{RecycleDrafter, RecycleMatrix};
 pub use retrieve::IndexDrafter;
 
 /// A proposed continuation and how likely the proposer thinks each of its tokens is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub tokens: Vec<u32>,
-    /// Estimated probability that the whole path is accepted.
-    pub score: f64,
+    /// Per token: the proposer's estimate that it is accepted once the tokens before it were.
+    pub scores: Vec<f64>,
+}
+
+impl Candidate {
+    /// Every token with the same estimate.
+    pub fn uniform(tokens: Vec<u32>, p: f64) -> Self {
+        let scores = vec![p; tokens.len()];
+        Candidate { tokens, scores }
+    }
+
+    /// The estimate that the whole path is accepted.
+    pub fn path_score(&self) -> f64 {
+        self.scores.iter().product()
+    }
 }
 
 /// A source of candidates.
 pub trait Proposer {
     fn name(&self) -> &str;
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate>;
+
+    /// Learn from a verification step; `source` is this proposer's id in the tree.
+    fn observe(&mut self, _tree: &DraftTree, _outcome: &StepOutcome, _source: SourceId) {}
+
+    /// Whether [`Proposer::observe_logits`] should be called (it costs a pass over the logits).
+    fn wants_logits(&self) -> bool {
+        false
+    }
+
+    /// The model's logits right after `token`, for every node the verifier computed.
+    fn observe_logits(&mut self, _token: u32, _logits: &[f32]) {}
+
+    /// Source-specific figures for `--stats`.
+    fn details(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// The run is over: persist what was learnt, if anything.
+    fn finish(&mut self) -> crate::Result<()> {
+        Ok(())
+    }
 }
 
 /// Acceptance counts per source, to weigh the sources against each other.
@@ -34,32 +72,159 @@ pub struct SourceStats {
     pub accepted: u64,
 }
 
-/// Several proposers merged into one tree: paths are added by descending score (scaled by each
-/// source's observed acceptance), sharing prefixes, until the budget is spent.
+const SCORE_BINS: usize = 8;
+const DEPTH_BINS: usize = 4;
+
+fn score_bin(raw: f64) -> usize {
+    ((raw.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+}
+
+fn depth_bin(depth: usize) -> usize {
+    match depth {
+        0 | 1 => 0,
+        2..=3 => 1,
+        4..=7 => 2,
+        _ => 3,
+    }
+}
+
+/// What each source's estimates turn out to be worth: per source, estimate bin and depth bin,
+/// draft nodes whose parent was accepted ("reached") and how many of them were accepted.
+#[derive(Debug, Clone, Default)]
+struct Calibration {
+    reached: Vec<[[u32; DEPTH_BINS]; SCORE_BINS]>,
+    accepted: Vec<[[u32; DEPTH_BINS]; SCORE_BINS]>,
+}
+
+impl Calibration {
+    fn new(sources: usize) -> Self {
+        Calibration { reached: vec![Default::default(); sources], accepted: vec![Default::default(); sources] }
+    }
+
+    /// Probability that a node is accepted once its parent was: what was observed for this
+    /// source, estimate and depth, with the estimate itself as a prior worth two observations.
+    fn p(&self, source: usize, raw: f64, depth: usize) -> f64 {
+        let (b, d) = (score_bin(raw), depth_bin(depth));
+        let prior = raw.clamp(0.01, 0.99);
+        (self.accepted[source][b][d] as f64 + 2.0 * prior) / (self.reached[source][b][d] as f64 + 2.0)
+    }
+
+    fn record(&mut self, source: usize, raw: f64, depth: usize, accepted: bool) {
+        let (b, d) = (score_bin(raw), depth_bin(depth));
+        self.reached[source][b][d] += 1;
+        self.accepted[source][b][d] += u32::from(accepted);
+    }
+}
+
+/// One node of the merged candidate trie.
+struct TrieNode {
+    token: u32,
+    depth: usize,
+    source: SourceId,
+    raw: f64,
+    /// Calibrated probability of acceptance given the parent.
+    q: f64,
+    children: Vec<usize>,
+}
+
+/// Several proposers merged into one tree. Every candidate token gets a calibrated acceptance
+/// probability (its source's estimate, corrected by what such estimates achieved so far); nodes
+/// enter the tree by descending path probability, shared prefixes once; the budget then keeps
+/// the number of nodes that maximizes expected tokens per unit of verification cost.
 pub struct Combined<'a> {
     proposers: Vec<Box<dyn Proposer + 'a>>,
     pub stats: Vec<SourceStats>,
     pub max_depth: usize,
-    /// Sizes each step's tree from costs and acceptance; without it, the caller's budget is used.
+    /// Sizes each step's tree from costs; without it, the caller's budget is used as is.
     pub budget: Option<Budget>,
     /// Budgets chosen, for `--stats`.
     pub budgets: Vec<usize>,
+    calibration: Calibration,
+    /// (raw estimate) of each node of the last tree, for `observe`.
+    last_raw: Vec<f64>,
 }
 
 impl<'a> Combined<'a> {
     pub fn new(proposers: Vec<Box<dyn Proposer + 'a>>) -> Self {
         let n = proposers.len();
-        Combined { proposers, stats: vec![SourceStats::default(); n], max_depth: 12, budget: None, budgets: Vec::new() }
+        Combined {
+            proposers,
+            stats: vec![SourceStats::default(); n],
+            max_depth: 12,
+            budget: None,
+            budgets: Vec::new(),
+            calibration: Calibration::new(n),
+            last_raw: Vec::new(),
+        }
     }
 
     pub fn source_names(&self) -> Vec<String> {
         self.proposers.iter().map(|p| p.name().to_string()).collect()
     }
 
-    /// Accepted draft tokens over drafted ones, with a prior of 1 in 2.
-    fn acceptance(&self, source: usize) -> f64 {
-        let s = &self.stats[source];
-        (s.accepted as f64 + 1.0) / (s.drafted as f64 + 2.0)
+    /// Per source: name, drafted and accepted tokens, and the source's own figures.
+    pub fn source_report(&self) -> Vec<serde_json::Value> {
+        self.proposers
+            .iter()
+            .zip(&self.stats)
+            .map(|(p, s)| {
+                serde_json::json!({
+                    "source": p.name(), "drafted": s.drafted, "accepted": s.accepted,
+                    "acceptance": s.accepted as f64 / s.drafted.max(1) as f64,
+                    "details": p.details(),
+                })
+            })
+            .collect()
+    }
+
+    /// Let every source persist what it learnt; the first error is returned after all have run.
+    pub fn finish(&mut self) -> crate::Result<()> {
+        let mut first = Ok(());
+        for p in &mut self.proposers {
+            if let Err(e) = p.finish() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// All candidates of all sources in one trie (children of the root have `parent: None`).
+    fn trie(&mut self, context: &[u32]) -> (Vec<TrieNode>, Vec<usize>) {
+        let mut nodes: Vec<TrieNode> = Vec::new();
+        let mut roots: Vec<usize> = Vec::new();
+        for i in 0..self.proposers.len() {
+            let max_depth = self.max_depth;
+            for c in self.proposers[i].propose(context, max_depth) {
+                let mut parent: Option<usize> = None;
+                for (d, (&t, &raw)) in c.tokens.iter().zip(&c.scores).enumerate().take(max_depth) {
+                    let q = self.calibration.p(i, raw, d + 1);
+                    let siblings = parent.map_or(&roots, |p| &nodes[p].children);
+                    let found = siblings.iter().copied().find(|&n| nodes[n].token == t);
+                    let node = match found {
+                        Some(n) => {
+                            if q > nodes[n].q {
+                                let n = &mut nodes[n];
+                                (n.q, n.raw, n.source) = (q, raw, i as SourceId);
+                            }
+                            n
+                        }
+                        None => {
+                            let n = nodes.len();
+                            nodes.push(TrieNode { token: t, depth: d + 1, source: i as SourceId, raw, q, children: Vec::new() });
+                            match parent {
+                                Some(p) => nodes[p].children.push(n),
+                                None => roots.push(n),
+                            }
+                            n
+                        }
+                    };
+                    parent = Some(node);
+                }
+            }
+        }
+        (nodes, roots)
     }
 }
 
@@ -69,55 +234,57 @@ impl Drafter for Combined<'_> {
     }
 
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
-        let budget = self.budget.as_ref().map_or(budget, |b| b.choose().min(budget));
-        self.budgets.push(budget);
-        if budget == 0 {
-            return DraftTree::new();
-        }
-        let mut all: Vec<(f64, SourceId, Vec<u32>)> = Vec::new();
-        for i in 0..self.proposers.len() {
-            let weight = self.acceptance(i);
-            let max_depth = self.max_depth;
-            for c in self.proposers[i].propose(context, max_depth) {
-                if !c.tokens.is_empty() {
-                    all.push((c.score * weight, i as SourceId, c.tokens));
-                }
-            }
-        }
-        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (nodes, roots) = self.trie(context);
+        // Best first by path probability; a child never beats its parent, so parents come first.
+        let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
         let mut tree = DraftTree::new();
-        for (_, source, tokens) in all {
-            // only the part that fits: tokens already in the tree cost nothing
-            let mut parent = None;
-            for &t in &tokens {
-                match tree.child(parent, t) {
-                    Some(c) => parent = Some(c),
-                    None if tree.len() < budget => parent = Some(tree.push(parent, t, source)),
-                    None => break,
-                }
-            }
-            if tree.len() >= budget {
-                break;
-            }
+        let mut path_p: Vec<f64> = Vec::new();
+        let mut raw: Vec<f64> = Vec::new();
+        while tree.len() < budget {
+            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else { break };
+            let (p, n, parent) = open.swap_remove(best);
+            let id = tree.push(parent, nodes[n].token, nodes[n].source);
+            debug_assert_eq!(tree.depth(id), nodes[n].depth);
+            path_p.push(p);
+            raw.push(nodes[n].raw);
+            open.extend(nodes[n].children.iter().map(|&c| (p * nodes[c].q, c, Some(id))));
         }
+        let keep = self.budget.as_mut().map_or(tree.len(), |b| b.choose(&path_p));
+        tree.truncate(keep);
+        raw.truncate(keep);
+        self.budgets.push(keep);
+        self.last_raw = raw;
         tree
     }
 
     fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome) {
-        if let Some(b) = self.budget.as_mut() {
-            b.observe(tree, outcome);
+        let mut accepted = vec![false; tree.len()];
+        for &n in &outcome.accepted {
+            accepted[n] = true;
         }
         for node in 0..tree.len() {
             let s = tree.source(node) as usize;
-            if let Some(stats) = self.stats.get_mut(s) {
-                stats.drafted += 1;
+            let Some(stats) = self.stats.get_mut(s) else { continue };
+            stats.drafted += 1;
+            stats.accepted += u64::from(accepted[node]);
+            if tree.parent(node).is_none_or(|p| accepted[p]) {
+                if let Some(&raw) = self.last_raw.get(node) {
+                    self.calibration.record(s, raw, tree.depth(node), accepted[node]);
+                }
             }
         }
-        for &node in &outcome.accepted {
-            let s = tree.source(node) as usize;
-            if let Some(stats) = self.stats.get_mut(s) {
-                stats.accepted += 1;
-            }
+        for (i, p) in self.proposers.iter_mut().enumerate() {
+            p.observe(tree, outcome, i as SourceId);
+        }
+    }
+
+    fn wants_logits(&self) -> bool {
+        self.proposers.iter().any(|p| p.wants_logits())
+    }
+
+    fn observe_logits(&mut self, token: u32, logits: &[f32]) {
+        for p in self.proposers.iter_mut().filter(|p| p.wants_logits()) {
+            p.observe_logits(token, logits);
         }
     }
 }
@@ -139,9 +306,9 @@ mod tests {
     #[test]
     fn merges_best_first_within_budget() {
         let mut c = Combined::new(vec![Box::new(Fixed(vec![
-            Candidate { tokens: vec![1, 2, 3], score: 0.9 },
-            Candidate { tokens: vec![1, 2, 4], score: 0.5 },
-            Candidate { tokens: vec![7, 8], score: 0.1 },
+            Candidate::uniform(vec![1, 2, 3], 0.9),
+            Candidate { tokens: vec![1, 2, 4], scores: vec![0.9, 0.9, 0.5] },
+            Candidate::uniform(vec![7, 8], 0.1),
         ]))]);
         let t = c.draft(&[0], 4);
         assert_eq!(t.len(), 4);

@@ -68,13 +68,32 @@ impl Proposer for IndexDrafter<'_> {
         if seen == 0 {
             return Vec::new();
         }
-        // More context matched and more agreement between occurrences: a better guess.
+        // Per token: the share of sampled occurrences that continue this way, among those that
+        // agree up to it; the first token also by how much context matched.
         let confidence = 1.0 - 0.5f64.powi(len.min(16) as i32);
+        let mut prefix_counts: HashMap<&[u32], u64> = HashMap::new();
+        for (tokens, &c) in &paths {
+            for j in 1..=tokens.len() {
+                *prefix_counts.entry(&tokens[..j]).or_default() += c;
+            }
+        }
         let mut out: Vec<Candidate> = paths
-            .into_iter()
-            .map(|(tokens, c)| Candidate { score: confidence * c as f64 / seen as f64, tokens })
+            .keys()
+            .map(|tokens| {
+                let scores = (1..=tokens.len())
+                    .map(|j| {
+                        let here = prefix_counts[&tokens[..j]] as f64;
+                        if j == 1 {
+                            confidence * here / seen as f64
+                        } else {
+                            here / prefix_counts[&tokens[..j - 1]] as f64
+                        }
+                    })
+                    .collect();
+                Candidate { tokens: tokens.clone(), scores }
+            })
             .collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.tokens.cmp(&b.tokens)));
+        out.sort_by(|a, b| b.path_score().total_cmp(&a.path_score()).then(a.tokens.cmp(&b.tokens)));
         out.truncate(self.max_candidates);
         out
     }

