@@ -73,6 +73,10 @@ pub struct SourceStats {
 }
 
 const SCORE_BINS: usize = 8;
+/// A source's own estimate counts as this many observations at this fraction of its value
+/// (sources are optimistic until outcomes say otherwise).
+const PRIOR_WEIGHT: f64 = 2.0;
+const PRIOR_SCALE: f64 = 1.0;
 const DEPTH_BINS: usize = 4;
 
 fn score_bin(raw: f64) -> usize {
@@ -105,8 +109,8 @@ impl Calibration {
     /// source, estimate and depth, with the estimate itself as a prior worth two observations.
     fn p(&self, source: usize, raw: f64, depth: usize) -> f64 {
         let (b, d) = (score_bin(raw), depth_bin(depth));
-        let prior = raw.clamp(0.01, 0.99);
-        (self.accepted[source][b][d] as f64 + 2.0 * prior) / (self.reached[source][b][d] as f64 + 2.0)
+        let prior = raw.clamp(0.01, 0.99) * PRIOR_SCALE;
+        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * prior) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
     }
 
     fn record(&mut self, source: usize, raw: f64, depth: usize, accepted: bool) {
