@@ -21,8 +21,9 @@ Methods, each per prompt, in this order:
   ibid all            every drafter (the default)
   ibid oracle         drafts the plain run's own tokens under the same auto budget: the ceiling
   lookup              llama-lookup (context n-gram cache), its defaults
-  lookup+static       llama-lookup -lcs CACHE, CACHE from llama-lookup-create over the class's corpus
-  lookahead           llama-lookahead, its defaults
+  lookup+static       llama-lookup -lcs CACHE, CACHE = llama-lookup-create's counts over the class's
+                      corpus (scripts/lookup_static.py, from the same index tokens)
+  lookahead           llama-lookahead, its defaults (first --lookahead-prompts prompts per class)
   server:<mode>       llama-server --spec-type <mode> (none, ngram-simple, ngram-map-k,
                       ngram-map-k4v, ngram-mod, ngram-cache), one server per mode, /completion
 All llama.cpp tools come from scripts/build_llama_tools.sh: the llama.cpp source that
@@ -39,7 +40,6 @@ Writes OUT/results.md (printed), OUT/results.json, OUT/logs/, OUT/prompts/.
 
 import argparse
 import ast
-import glob
 import gzip
 import json
 import os
@@ -60,9 +60,6 @@ IBID = os.path.join(ROOT, 'target', 'release', 'ibid')
 IBID_METHODS = ['plain', 'context', 'index', 'recycle', 'all', 'oracle']
 SERVER_MODES = ['none', 'ngram-simple', 'ngram-map-k', 'ngram-map-k4v', 'ngram-mod', 'ngram-cache']
 CLASS_INDEX = {'code': 'index/stdlib', 'chat': 'index/corpus', 'copy': 'index/corpus'}
-CLASS_CORPUS = {'code': ['data/corpus/cpython.jsonl'], 'chat': sorted(glob.glob(os.path.join(ROOT, 'data/corpus/*.jsonl'))),
-                'copy': None}
-CLASS_CORPUS['copy'] = CLASS_CORPUS['chat']
 
 
 def log(*a):
@@ -124,23 +121,16 @@ def ensure_setup(args):
 
 
 def static_cache(model, cls, args):
-    """llama-lookup-create over the class's corpus text (once; kept under data/)."""
+    """llama.cpp's static lookup cache over the class's corpus (once; kept under data/). Written by
+    scripts/lookup_static.py from the index's tokens: llama-lookup-create tokenizes its input as one
+    string, quadratic in its length with this tokenizer (hours for 25 MB); the counts are the same
+    (checked against llama-lookup-create on a 30 kB sample: equal but for its BOS context)."""
     name = 'stdlib' if cls == 'code' else 'corpus'
     path = os.path.join(ROOT, 'data', f'lookup-static-{name}.bin')
-    if os.path.exists(path):
-        return path
-    text_path = os.path.join(ROOT, 'data', f'lookup-static-{name}.txt')
-    with open(text_path, 'w', encoding='utf-8') as out:
-        for f in CLASS_CORPUS[cls]:
-            for line in open(os.path.join(ROOT, f), encoding='utf-8'):
-                out.write(json.loads(line)['text'])
-                out.write('\n\n')
-    t0 = time.monotonic()
-    sh([os.path.join(LLAMA_BIN, 'llama-lookup-create'), '-m', model, '-f', text_path, '-lcs', path + '.tmp',
-        '-t', str(args.threads), '-c', '4096'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.replace(path + '.tmp', path)
-    os.remove(text_path)
-    log(f'static lookup cache {name}: {time.monotonic() - t0:.0f} s')
+    if not os.path.exists(path):
+        t0 = time.monotonic()
+        sh([sys.executable, 'scripts/lookup_static.py', CLASS_INDEX[cls], path])
+        log(f'static lookup cache {name}: {time.monotonic() - t0:.0f} s')
     return path
 
 
@@ -399,6 +389,8 @@ def main():
     ap.add_argument('--no-llama', action='store_true', help='skip llama.cpp tools')
     ap.add_argument('--no-server', action='store_true', help='skip llama-server modes')
     ap.add_argument('--no-lookahead', action='store_true', help='skip llama-lookahead')
+    ap.add_argument('--lookahead-prompts', type=int, default=3,
+                    help='llama-lookahead on the first N prompts of each class only (it runs at ~0.2x plain here)')
     ap.add_argument('--calibrate', action='store_true', help='measure the cost curve first')
     args = ap.parse_args()
     classes = args.classes.split(',')
@@ -420,7 +412,7 @@ def main():
             results[p['id']]['lookup'] = llama_example('llama-lookup', model, p, args, logs)
             results[p['id']]['lookup+static'] = llama_example('llama-lookup', model, p, args, logs,
                                                               ('-lcs', caches[p['class']]))
-            if not args.no_lookahead:
+            if not args.no_lookahead and int(p['id'].rsplit('-', 1)[1]) < args.lookahead_prompts:
                 results[p['id']]['lookahead'] = llama_example('llama-lookahead', model, p, args, logs)
         r = results[p['id']]
         log(p['id'], ' '.join(f'{m}={v["tps"]:.1f}' for m, v in r.items()), f'({time.monotonic() - t0:.0f} s)')

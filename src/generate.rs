@@ -60,6 +60,8 @@ impl Default for GenerateOptions {
 pub enum StopReason {
     MaxTokens,
     EndOfGeneration,
+    /// The caller's `on_token` asked to stop (a stop string, a deadline, a client that left).
+    Caller,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,13 +91,13 @@ impl GenerateReport {
 }
 
 /// Generate after `prompt` (token ids, BOS included when the model wants it). `on_token` sees each
-/// token as soon as it is final.
+/// token as soon as it is final and returns whether to go on.
 pub fn generate(
     session: &mut Session<'_>,
     prompt: &[u32],
     drafter: &mut dyn Drafter,
     options: &GenerateOptions,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<GenerateReport> {
     options.sampling.validate()?;
     if prompt.is_empty() {
@@ -149,7 +151,10 @@ pub fn generate(
             }
             report.tokens.push(t);
             report.margins.push(m);
-            on_token(t);
+            if !on_token(t) {
+                report.stop = StopReason::Caller;
+                break 'outer;
+            }
             if report.tokens.len() == options.max_tokens {
                 break 'outer;
             }

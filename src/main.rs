@@ -105,6 +105,8 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         context: usize,
     },
+    /// Serve OpenAI-compatible generation (with drafting) and, with --index, the n-gram query API.
+    Serve(ServeArgs),
     /// Serve the n-gram query API over HTTP.
     ServeIndex {
         #[command(flatten)]
@@ -305,6 +307,36 @@ impl ModelArgs {
     fn session_options(&self, threads: usize) -> SessionOptions {
         SessionOptions { threads, n_ctx: self.ctx, n_batch: self.batch.max(2), ..SessionOptions::default() }
     }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A corpus index: drafts come from it, and its n-gram query API is served too.
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Draft sources: context, index, recycle, all (the default) or none.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    draft: Vec<String>,
+    /// Requests that may wait for the generator; more are answered 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Largest request body, e.g. 1M.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    max_body: u64,
+    /// Per-request time limit in seconds, queueing included.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Do not save the token-recycling matrix on shutdown.
+    #[arg(long)]
+    no_recycle_save: bool,
+    /// The model name reported in answers (default: the model's file name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -548,26 +580,12 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     }
     let mut recycle_open_s = None;
     if want("recycle") {
-        let vocab_hash = ibid::tokenize::Tokenizer::identity(model.tokenizer()).vocab_hash.clone();
-        let k = ibid::draft::recycle::DEFAULT_K;
-        let path = ibid::draft::recycle::matrix_path(
-            &index.as_ref().map_or_else(ibid::calibrate::cache_dir, |ix| ix.dir.clone()),
-            &vocab_hash,
-            k,
-        );
-        let identity = ibid::draft::recycle::identity(&vocab_hash, index.as_ref());
         let started = Instant::now();
-        let (matrix, origin, problem) =
-            ibid::draft::recycle::open_matrix(&path, &identity, index.as_ref(), model.n_vocab(), k);
+        let (recycle, problem) = ibid::draft::RecycleDrafter::for_model(&model, index.as_ref(), !args.no_recycle_save);
         if let Some(e) = problem {
             eprintln!("ibid: warning: {e}; starting a new recycling matrix");
         }
         recycle_open_s = Some(started.elapsed().as_secs_f64());
-        let mut recycle = ibid::draft::RecycleDrafter::new(matrix);
-        recycle.origin = Some(origin);
-        if !args.no_recycle_save {
-            recycle.save_to = Some((path, identity));
-        }
         proposers.push(Box::new(recycle));
     }
     if want("oracle") {
@@ -583,8 +601,8 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let max_budget = match args.budget.as_str() {
         "auto" => {
             let curve = ibid::calibrate::load_cached(&args.model.model, threads);
-            drafter.budget = Some(ibid::draft::Budget::new(curve.as_ref(), 16));
-            16
+            drafter.budget = Some(ibid::draft::Budget::new(curve.as_ref(), ibid::draft::MAX_AUTO_BUDGET));
+            ibid::draft::MAX_AUTO_BUDGET
         }
         n => n.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {n:?}"))?,
     };
@@ -597,6 +615,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         let piece = text.push(&model, t);
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
+        true
     })?;
     let tail = text.finish();
     let _ = writeln!(out, "{tail}");
@@ -660,6 +679,75 @@ fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usiz
     Ok(())
 }
 
+fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
+    use std::sync::Arc;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IBID_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut sources = ibid::server::DraftSources::none();
+    for s in &args.draft {
+        match s.as_str() {
+            "all" => sources = ibid::server::DraftSources::all(),
+            "context" => sources.context = true,
+            "index" => sources.index = true,
+            "recycle" => sources.recycle = true,
+            "none" => {}
+            other => anyhow::bail!("unknown draft source {other:?}: use context, index, recycle, all or none"),
+        }
+    }
+    let model = Arc::new(args.model.load()?);
+    let index = match &args.index {
+        Some(dir) => {
+            let index = Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
+            model.check_index(&index)?;
+            Some(Arc::new(index))
+        }
+        None => None,
+    };
+    let recycle = sources.recycle.then(|| {
+        let (r, problem) = ibid::draft::RecycleDrafter::for_model(&model, index.as_deref(), !args.no_recycle_save);
+        if let Some(e) = problem {
+            eprintln!("ibid: warning: {e}; starting a new recycling matrix");
+        }
+        r
+    });
+    // The query API gets its own memory maps of the same files (the page cache is shared).
+    let engine = match &args.index {
+        Some(dir) => {
+            let tokenizer = ibid::tokenize::GgufTokenizer::load_with(&args.model.model, true)?;
+            Some(Arc::new(QueryEngine::new(Index::open(dir)?, Some(Box::new(tokenizer)))))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(ibid::server::Metrics::new());
+    let session = args.model.session_options(threads);
+    let n_ctx = session.n_ctx as usize;
+    let config = ibid::server::WorkerConfig { session, sources, max_budget: ibid::draft::MAX_AUTO_BUDGET, queue: args.queue };
+    let (queue, worker) = ibid::server::worker::spawn(model.clone(), index.clone(), recycle, config, metrics.clone())?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.model.model.file_name().map_or("model".into(), |f| f.to_string_lossy().into_owned())
+    });
+    let options = ibid::server::ServerOptions {
+        max_body_bytes: args.max_body as usize,
+        timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),
+    };
+    let state = Arc::new(ibid::server::AppState { model, model_name: name, queue, metrics, n_ctx, timeout: options.timeout });
+    let app = ibid::server::router(state, engine, &options);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+        eprintln!("ibid: serving {} on http://{}", args.model.model.display(), listener.local_addr()?);
+        ibid::server::serve(app, listener, ibid::serve::shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // The app (and with it the queue) is gone: the worker finishes its job and saves.
+    drop(runtime);
+    let _ = worker.join();
+    eprintln!("ibid: stopped");
+    Ok(())
+}
+
 fn run_serve(index: IndexArgs, tokenizer: Option<TokenizerSpec>, addr: std::net::SocketAddr, max_body: u64, timeout: f64) -> Result<()> {
     let engine = std::sync::Arc::new(index.engine(tokenizer.as_ref(), true, false)?);
     let options = ServeOptions {
@@ -704,6 +792,7 @@ fn main() {
         Command::Query { index, tokenizer } => run_batch(index, tokenizer),
         Command::Generate(args) => run_generate(args, threads),
         Command::Calibrate { model, sizes, reps, context } => run_calibrate(model, sizes, reps, context, threads),
+        Command::Serve(args) => run_serve_model(args, threads),
         Command::ServeIndex { index, tokenizer, addr, max_body, timeout } => run_serve(index, tokenizer, addr, max_body, timeout),
         Command::Table { dir, token_width, force } => index::build::table_for_tokenized(&dir, token_width, threads, force)
             .with_context(|| format!("cannot build the suffix arrays in {}", dir.display()))

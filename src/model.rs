@@ -64,6 +64,44 @@ impl Model {
         out
     }
 
+    /// The chat template: the one stored in the GGUF file, else llama.cpp's built-in template of
+    /// the model's family (some GGUF conversions, such as the Gemma 3 270M test model, ship none).
+    /// The second value says which.
+    pub fn chat_template(&self) -> Result<(llama_cpp_2::model::LlamaChatTemplate, String)> {
+        if let Ok(t) = self.llama().chat_template(None) {
+            return Ok((t, "gguf".into()));
+        }
+        let arch = self.llama().meta_val_str("general.architecture").unwrap_or_default();
+        let family = ["gemma", "llama3", "mistral", "phi3", "qwen", "chatml"].into_iter().find(|f| arch.starts_with(f));
+        match family {
+            Some(f) => {
+                let name = if f == "qwen" { "chatml" } else { f };
+                Ok((llama_cpp_2::model::LlamaChatTemplate::new(name).expect("no NUL"), format!("built-in {name}")))
+            }
+            None => Err(Error::Invalid(format!(
+                "{} has no chat template (architecture {arch:?}): use completions instead",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// A chat as prompt text, rendered with [`Model::chat_template`], ending where the assistant's
+    /// turn begins.
+    pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String> {
+        let bad = |reason: String| Error::Invalid(reason);
+        let (template, _) = self.chat_template()?;
+        let chat = messages
+            .iter()
+            .map(|(role, content)| {
+                llama_cpp_2::model::LlamaChatMessage::new(role.clone(), content.clone())
+                    .map_err(|_| bad("a chat message contains a NUL byte".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.llama()
+            .apply_chat_template(&template, &chat, true)
+            .map_err(|e| bad(format!("the chat template could not render these messages: {e}")))
+    }
+
     /// End-of-generation tokens (EOS, end of turn, ...).
     pub fn is_eog(&self, token: u32) -> bool {
         (token as usize) < self.n_vocab() && self.llama().vocab().is_eog(LlamaToken(token as i32))

@@ -94,8 +94,8 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route: POST / (or /query) with a JSON query, GET /health, GET /info")
 }
 
-/// The routes, for embedding in another server or for tests.
-pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
+/// The query routes alone (`POST /`, `POST /query`, `GET /info`), to mount in a larger server.
+pub fn query_routes(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
     let state = Arc::new(AppState {
         engine,
         permits: Semaphore::new(options.concurrency.max(1)),
@@ -104,11 +104,16 @@ pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
     Router::new()
         .route("/", post(query))
         .route("/query", post(query))
-        .route("/health", get(health))
         .route("/info", get(info))
+        .with_state(state)
+}
+
+/// The routes, for embedding in another server or for tests.
+pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
+    query_routes(engine, options)
+        .route("/health", get(health))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .with_state(state)
 }
 
 /// Serve until `shutdown` resolves; requests in flight are finished first.

@@ -3,18 +3,24 @@
 mod common;
 
 use common::*;
-use ibid::draft::{Combined, ContextDrafter, IndexDrafter, Proposer};
+use ibid::draft::{Combined, ContextDrafter, IndexDrafter, Proposer, RecycleMatrix};
 use ibid::generate::Drafter;
 use ibid::index::{self, BuildOptions, Index};
 use ibid::tokenize::TokenWidth;
 
 fn build(docs: &[Vec<u32>]) -> (tempfile::TempDir, Index) {
+    build_sharded(docs, None)
+}
+
+fn build_sharded(docs: &[Vec<u32>], max_shard_tokens: Option<u64>) -> (tempfile::TempDir, Index) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.jsonl");
     let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({"text": IdTokenizer::encode(d)}).to_string()).collect();
     std::fs::write(&corpus, lines.join("\n")).unwrap();
     let out = dir.path().join("idx");
-    index::build(&[corpus], &IdTokenizer::new(TokenWidth::U16), &BuildOptions::new(&out), &index::build::Quiet).unwrap();
+    let mut options = BuildOptions::new(&out);
+    options.max_shard_tokens = max_shard_tokens;
+    index::build(&[corpus], &IdTokenizer::new(TokenWidth::U16), &options, &index::build::Quiet).unwrap();
     let index = Index::open(&out).unwrap();
     (dir, index)
 }
@@ -48,4 +54,55 @@ fn combined_tree_holds_both_sources_within_budget() {
     assert!(firsts.contains(&30), "{firsts:?}");
     assert!(firsts.contains(&13) || firsts.contains(&20), "{firsts:?}");
     assert_eq!(c.draft(&context, 0).len(), 0);
+}
+
+/// Each token's `k` most frequent followers inside documents, most frequent first, smaller id
+/// first among equals: by counting every adjacent pair.
+fn brute_force_followers(docs: &[Vec<u32>], vocab: usize, k: usize) -> Vec<Vec<u32>> {
+    let mut counts = vec![std::collections::BTreeMap::<u32, u64>::new(); vocab];
+    for d in docs {
+        for w in d.windows(2) {
+            *counts[w[0] as usize].entry(w[1]).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|c| {
+            let mut v: Vec<(u32, u64)> = c.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            v.into_iter().take(k).map(|(t, _)| t).collect()
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..Default::default() })]
+
+    /// The warm start equals brute-force pair counts, over one shard or many.
+    #[test]
+    fn recycling_warm_start_is_the_most_frequent_followers(
+        docs in proptest::collection::vec(proptest::collection::vec(0u32..12, 1..40), 1..12),
+        shard in proptest::option::of(8u64..60),
+        k in 1usize..5,
+    ) {
+        let (_d, index) = build_sharded(&docs, shard);
+        let m = RecycleMatrix::from_index(&index, 12, k);
+        let expected = brute_force_followers(&docs, 12, k);
+        for t in 0..12u32 {
+            proptest::prop_assert_eq!(m.row(t), &expected[t as usize][..], "token {}", t);
+        }
+    }
+}
+
+#[test]
+fn recycling_drafts_follow_the_warm_rows() {
+    let docs = vec![vec![1, 2, 3, 1, 2, 4, 1, 2, 3]];
+    let (_d, index) = build(&docs);
+    let m = RecycleMatrix::from_index(&index, 10, 2);
+    assert_eq!(m.row(1), &[2]);
+    assert_eq!(m.row(2), &[3, 4]);
+    let mut d = ibid::draft::RecycleDrafter::new(m);
+    let c = d.propose(&[7, 1], 3);
+    assert_eq!(c[0].tokens, vec![2], "the best node first");
+    assert!(c.iter().any(|x| x.tokens == vec![2, 3, 1]), "best-first expansion reaches depth 3");
 }

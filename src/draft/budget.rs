@@ -10,8 +10,15 @@ pub struct Budget {
     steps: u64,
 }
 
-/// Relative batch costs measured on a 2-core machine (1 thread), used until `ibid calibrate` has run.
-const DEFAULT_CURVE: [(usize, f64); 7] = [(1, 1.0), (2, 1.33), (4, 1.93), (5, 2.95), (8, 3.14), (9, 3.9), (16, 4.9)];
+/// Relative batch costs measured on a 2-core machine (2 threads, Gemma 3 270M), used until
+/// `ibid calibrate` has run for the model.
+const DEFAULT_CURVE: [(usize, f64); 16] = [
+    (1, 1.0), (2, 1.32), (3, 2.11), (4, 1.91), (5, 2.77), (6, 2.40), (8, 2.90), (10, 3.38), (12, 4.01), (16, 4.96),
+    (20, 6.17), (24, 7.01), (32, 8.54), (40, 10.94), (48, 12.89), (64, 16.88),
+];
+
+/// The largest tree `--budget auto` considers: long copies pay for long chains.
+pub const MAX_AUTO_BUDGET: usize = 48;
 
 impl Budget {
     pub fn new(curve: Option<&CostCurve>, max: usize) -> Self {

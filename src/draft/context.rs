@@ -57,8 +57,9 @@ impl Proposer for ContextDrafter {
             if tokens.is_empty() || out.iter().any(|c| c.tokens.starts_with(&tokens)) {
                 continue;
             }
-            // a longer match predicts better; each further token a little less
-            let p_first = 1.0 - 0.5f64.powi(m as i32);
+            // a longer match predicts better (spread over the range so that calibration can
+            // tell matches of 1 to 8 tokens apart)
+            let p_first = 1.0 - 0.7f64.powi(m as i32);
             out.push(Candidate::uniform(tokens, p_first));
         }
         out

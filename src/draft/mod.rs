@@ -11,7 +11,7 @@ use crate::generate::Drafter;
 use crate::verify::tree::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
-pub use budget::Budget;
+pub use budget::{Budget, MAX_AUTO_BUDGET};
 pub use context::ContextDrafter;
 pub use oracle::OracleDrafter;
 pub use recycle::{RecycleDrafter, RecycleMatrix};
@@ -65,6 +65,32 @@ pub trait Proposer {
     }
 }
 
+/// A borrowed proposer is a proposer: a caller can keep a source (and what it learns) across
+/// several runs of [`Combined`].
+impl<P: Proposer + ?Sized> Proposer for &mut P {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
+        (**self).propose(context, max_depth)
+    }
+    fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome, source: SourceId) {
+        (**self).observe(tree, outcome, source)
+    }
+    fn wants_logits(&self) -> bool {
+        (**self).wants_logits()
+    }
+    fn observe_logits(&mut self, token: u32, logits: &[f32]) {
+        (**self).observe_logits(token, logits)
+    }
+    fn details(&self) -> serde_json::Value {
+        (**self).details()
+    }
+    fn finish(&mut self) -> crate::Result<()> {
+        (**self).finish()
+    }
+}
+
 /// Acceptance counts per source, to weigh the sources against each other.
 #[derive(Debug, Clone, Default)]
 pub struct SourceStats {
@@ -76,7 +102,7 @@ const SCORE_BINS: usize = 8;
 /// A source's own estimate counts as this many observations at this fraction of its value
 /// (sources are optimistic until outcomes say otherwise).
 const PRIOR_WEIGHT: f64 = 2.0;
-const PRIOR_SCALE: f64 = 1.0;
+const PRIOR_SCALE: f64 = 0.8;
 const DEPTH_BINS: usize = 4;
 
 fn score_bin(raw: f64) -> usize {
@@ -92,31 +118,52 @@ fn depth_bin(depth: usize) -> usize {
     }
 }
 
-/// What each source's estimates turn out to be worth: per source, estimate bin and depth bin,
-/// draft nodes whose parent was accepted ("reached") and how many of them were accepted.
+/// What each source's estimates turn out to be worth, at two levels: per source and depth bin
+/// (learns fast), and per source, estimate bin and depth bin (learns the shape). Each counts draft
+/// nodes whose parent was accepted ("reached") and how many of those were accepted.
 #[derive(Debug, Clone, Default)]
 struct Calibration {
     reached: Vec<[[u32; DEPTH_BINS]; SCORE_BINS]>,
     accepted: Vec<[[u32; DEPTH_BINS]; SCORE_BINS]>,
+    source_reached: Vec<[u32; DEPTH_BINS]>,
+    source_accepted: Vec<[u32; DEPTH_BINS]>,
+    /// Per source over all reached nodes: the sum of its own estimates and the nodes accepted.
+    predicted: Vec<f64>,
+    hits: Vec<f64>,
 }
 
 impl Calibration {
     fn new(sources: usize) -> Self {
-        Calibration { reached: vec![Default::default(); sources], accepted: vec![Default::default(); sources] }
+        Calibration {
+            reached: vec![Default::default(); sources],
+            accepted: vec![Default::default(); sources],
+            source_reached: vec![Default::default(); sources],
+            source_accepted: vec![Default::default(); sources],
+            predicted: vec![0.0; sources],
+            hits: vec![0.0; sources],
+        }
     }
 
-    /// Probability that a node is accepted once its parent was: what was observed for this
-    /// source, estimate and depth, with the estimate itself as a prior worth two observations.
+    /// Probability that a node is accepted once its parent was. The source's estimate, scaled by
+    /// how its estimates have fared overall (accepted / predicted, learnt from every depth at
+    /// once), is the prior of the source-and-depth rate; that is the prior of the finer cell.
+    /// Each prior is worth `PRIOR_WEIGHT` observations.
     fn p(&self, source: usize, raw: f64, depth: usize) -> f64 {
         let (b, d) = (score_bin(raw), depth_bin(depth));
-        let prior = raw.clamp(0.01, 0.99) * PRIOR_SCALE;
-        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * prior) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
+        let fared = (self.hits[source] + PRIOR_WEIGHT) / (self.predicted[source] + PRIOR_WEIGHT);
+        let raw = (raw.clamp(0.01, 0.99) * PRIOR_SCALE * fared).min(0.99);
+        let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw) / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
+        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
     }
 
     fn record(&mut self, source: usize, raw: f64, depth: usize, accepted: bool) {
         let (b, d) = (score_bin(raw), depth_bin(depth));
         self.reached[source][b][d] += 1;
         self.accepted[source][b][d] += u32::from(accepted);
+        self.source_reached[source][d] += 1;
+        self.source_accepted[source][d] += u32::from(accepted);
+        self.predicted[source] += raw.clamp(0.01, 0.99) * PRIOR_SCALE;
+        self.hits[source] += f64::from(u8::from(accepted));
     }
 }
 
@@ -154,7 +201,7 @@ impl<'a> Combined<'a> {
         Combined {
             proposers,
             stats: vec![SourceStats::default(); n],
-            max_depth: 12,
+            max_depth: 32,
             budget: None,
             budgets: Vec::new(),
             calibration: Calibration::new(n),
@@ -232,13 +279,30 @@ impl<'a> Combined<'a> {
     }
 }
 
+/// Siblings exclude each other, so their probabilities cannot sum past 1: the likeliest keeps its
+/// estimate and each next one gets at most what is left.
+fn normalize_siblings(nodes: &mut [TrieNode], siblings: &[usize]) {
+    let mut order = siblings.to_vec();
+    order.sort_by(|&a, &b| nodes[b].q.total_cmp(&nodes[a].q));
+    let mut left = 1.0f64;
+    for c in order {
+        nodes[c].q = nodes[c].q.min(left);
+        left -= nodes[c].q;
+    }
+}
+
 impl Drafter for Combined<'_> {
     fn name(&self) -> &str {
         "combined"
     }
 
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
-        let (nodes, roots) = self.trie(context);
+        let (mut nodes, roots) = self.trie(context);
+        normalize_siblings(&mut nodes, &roots);
+        for n in 0..nodes.len() {
+            let children = nodes[n].children.clone();
+            normalize_siblings(&mut nodes, &children);
+        }
         // Best first by path probability; a child never beats its parent, so parents come first.
         let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
         let mut tree = DraftTree::new();

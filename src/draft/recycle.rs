@@ -289,6 +289,24 @@ impl RecycleDrafter {
         RecycleDrafter { matrix, max_nodes: 24, reached: vec![0; k], accepted: vec![0; k], proposed: HashMap::new(), updates: 0, origin: None, save_to: None }
     }
 
+    /// The drafter for `model` (and `index`): its saved matrix, else one warmed from the index,
+    /// else an empty one. With `save`, the matrix is written back by [`Proposer::finish`]. A saved
+    /// file that could not be used comes back as the second value (it will be replaced).
+    pub fn for_model(model: &crate::model::Model, index: Option<&Index>, save: bool) -> (Self, Option<Error>) {
+        use crate::tokenize::Tokenizer;
+        let vocab_hash = model.tokenizer().identity().vocab_hash.clone();
+        let dir = index.map_or_else(crate::calibrate::cache_dir, |ix| ix.dir.clone());
+        let path = matrix_path(&dir, &vocab_hash, DEFAULT_K);
+        let id = identity(&vocab_hash, index);
+        let (matrix, origin, problem) = open_matrix(&path, &id, index, model.n_vocab(), DEFAULT_K);
+        let mut drafter = RecycleDrafter::new(matrix);
+        drafter.origin = Some(origin);
+        if save {
+            drafter.save_to = Some((path, id));
+        }
+        (drafter, problem)
+    }
+
     /// Probability that a rank-`r` follower is accepted once its parent was: counts with a prior
     /// that falls with rank.
     pub fn p_rank(&self, r: usize) -> f64 {

@@ -13,11 +13,14 @@ pub struct IndexDrafter<'i> {
     /// Occurrences read per step (evenly spread over the match range).
     pub samples: u64,
     pub max_candidates: usize,
+    /// Shortest matched suffix worth drafting from: one or two tokens of context say little in a
+    /// large corpus, and such drafts mostly cost a batch slot for nothing.
+    pub min_suffix: usize,
 }
 
 impl<'i> IndexDrafter<'i> {
     pub fn new(index: &'i Index) -> Self {
-        IndexDrafter { index, max_suffix: 16, samples: 64, max_candidates: 8 }
+        IndexDrafter { index, max_suffix: 16, samples: 64, max_candidates: 8, min_suffix: 3 }
     }
 }
 
@@ -33,7 +36,7 @@ impl Proposer for IndexDrafter<'_> {
             return Vec::new();
         }
         let Ok(len) = self.index.longest_suffix(tail) else { return Vec::new() };
-        if len == 0 {
+        if len == 0 || len < self.min_suffix.min(tail.len()) {
             return Vec::new();
         }
         let suffix = &tail[tail.len() - len..];

@@ -1,0 +1,99 @@
+//! Server counters in Prometheus' text format (`GET /metrics`).
+
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+use crate::generate::GenerateReport;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub prompt_tokens: IntCounter,
+    pub completion_tokens: IntCounter,
+    pub decode_seconds: prometheus::Counter,
+    pub verify_steps: IntCounter,
+    pub last_tokens_per_second: Gauge,
+    pub draft_tokens: IntCounterVec,
+    pub accepted_tokens: IntCounterVec,
+    pub cancelled: IntCounter,
+    pub timeouts: IntCounter,
+    pub queue_depth: prometheus::IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("ibid".into()), None).expect("valid prefix");
+        let requests = IntCounterVec::new(Opts::new("requests_total", "HTTP requests by route and status"), &["route", "status"]).expect("valid");
+        let prompt_tokens = IntCounter::new("prompt_tokens_total", "Prompt tokens processed").expect("valid");
+        let completion_tokens = IntCounter::new("completion_tokens_total", "Tokens generated").expect("valid");
+        let decode_seconds = prometheus::Counter::new("decode_seconds_total", "Time spent decoding (prompt excluded)").expect("valid");
+        let verify_steps = IntCounter::new("verify_steps_total", "Verification batches (one per step)").expect("valid");
+        let last_tokens_per_second = Gauge::new("last_tokens_per_second", "Decode speed of the last generation").expect("valid");
+        let draft_tokens = IntCounterVec::new(Opts::new("draft_tokens_total", "Draft tokens verified, by source"), &["source"]).expect("valid");
+        let accepted_tokens = IntCounterVec::new(Opts::new("accepted_tokens_total", "Draft tokens accepted, by source"), &["source"]).expect("valid");
+        let cancelled = IntCounter::new("cancelled_total", "Generations ended because the client left").expect("valid");
+        let timeouts = IntCounter::new("timeouts_total", "Requests that ran past their deadline").expect("valid");
+        let queue_depth = prometheus::IntGauge::new("queue_depth", "Generation requests waiting").expect("valid");
+        for c in [&prompt_tokens, &completion_tokens, &verify_steps, &cancelled, &timeouts] {
+            registry.register(Box::new(c.clone())).expect("unique");
+        }
+        registry.register(Box::new(requests.clone())).expect("unique");
+        registry.register(Box::new(decode_seconds.clone())).expect("unique");
+        registry.register(Box::new(last_tokens_per_second.clone())).expect("unique");
+        registry.register(Box::new(draft_tokens.clone())).expect("unique");
+        registry.register(Box::new(accepted_tokens.clone())).expect("unique");
+        registry.register(Box::new(queue_depth.clone())).expect("unique");
+        Metrics {
+            registry,
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            decode_seconds,
+            verify_steps,
+            last_tokens_per_second,
+            draft_tokens,
+            accepted_tokens,
+            cancelled,
+            timeouts,
+            queue_depth,
+        }
+    }
+
+    pub fn record_generation(&self, report: &GenerateReport, _wall_s: f64, sources: &[serde_json::Value]) {
+        self.prompt_tokens.inc_by(report.prompt_tokens as u64);
+        self.completion_tokens.inc_by(report.tokens.len() as u64);
+        self.decode_seconds.inc_by(report.decode_s);
+        self.verify_steps.inc_by(report.steps as u64);
+        self.last_tokens_per_second.set(report.tokens_per_s());
+        for s in sources {
+            let name = s["source"].as_str().unwrap_or("?");
+            self.draft_tokens.with_label_values(&[name]).inc_by(s["drafted"].as_u64().unwrap_or(0));
+            self.accepted_tokens.with_label_values(&[name]).inc_by(s["accepted"].as_u64().unwrap_or(0));
+        }
+    }
+
+    /// The text exposition, with derived gauges (tokens/s overall, mean tokens per step).
+    pub fn render(&self, queue_depth: u64) -> String {
+        self.queue_depth.set(queue_depth as i64);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
+        let tokens = self.completion_tokens.get() as f64;
+        let secs = self.decode_seconds.get();
+        let steps = self.verify_steps.get() as f64;
+        text += &format!(
+            "# HELP ibid_tokens_per_second Tokens generated per second of decoding, since start\n# TYPE ibid_tokens_per_second gauge\nibid_tokens_per_second {}\n",
+            if secs > 0.0 { tokens / secs } else { 0.0 }
+        );
+        text += &format!(
+            "# HELP ibid_tokens_per_step Mean tokens emitted per verification step, since start\n# TYPE ibid_tokens_per_step gauge\nibid_tokens_per_step {}\n",
+            if steps > 0.0 { tokens / steps } else { 0.0 }
+        );
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

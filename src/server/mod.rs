@@ -1,0 +1,107 @@
+//! `ibid serve`: OpenAI-compatible completions with lossless drafting, the n-gram query API of the
+//! index on the same port, `GET /health` and `GET /metrics`. Generation runs on one worker
+//! thread fed by a bounded queue (first come, first served); HTTP runs on tokio.
+
+pub mod metrics;
+pub mod openai;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::api::QueryEngine;
+use crate::model::Model;
+pub use metrics::Metrics;
+pub use worker::{DraftSources, Queue, WorkerConfig};
+
+pub struct AppState {
+    pub model: Arc<Model>,
+    pub model_name: String,
+    pub queue: Queue,
+    pub metrics: Arc<Metrics>,
+    pub n_ctx: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub max_body_bytes: usize,
+    /// Queue wait plus generation; past it a generation stops.
+    pub timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { max_body_bytes: 1 << 20, timeout: Duration::from_secs(300) }
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({"status": "ok", "queued": state.queue.waiting.load(Ordering::Relaxed)})).into_response()
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(state.queue.waiting.load(Ordering::Relaxed));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "ibid"}]}))
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    openai::error(
+        StatusCode::NOT_FOUND,
+        "no such route: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics, \
+         and with an index POST / (n-gram queries), GET /info",
+    )
+}
+
+/// Count every request by route and status.
+async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
+    tracing::info!(route, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    response
+}
+
+/// Every route, with body limits and request counting.
+pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &ServerOptions) -> Router {
+    let mut app = Router::new()
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
+        .with_state(state.clone());
+    if let Some(engine) = engine {
+        let query_options = crate::serve::ServeOptions { timeout: options.timeout.min(Duration::from_secs(30)), ..Default::default() };
+        app = app.merge(crate::serve::query_routes(engine, &query_options));
+    }
+    app.fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state, count_requests))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+}
+
+/// Serve until `shutdown` resolves; requests in flight finish first.
+pub async fn serve(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
