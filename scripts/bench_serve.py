@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Serving benchmark: `ibid serve` vs `llama-server` (plain and each `--spec-type` n-gram mode)
+under the same load, same model, same threads, one server at a time.
+
+Usage:
+  scripts/bench_serve.py [--clients 4] [--duration 30] [--threads 2] [--classes copy,code,chat]
+                         [--out data/bench-serve]
+
+Load: --clients concurrent clients, each sending its next greedy completion (128 new tokens) as soon
+as the last is answered, for --duration seconds (requests in flight then finish), cycling through
+the class's prompts from scripts/bench_generate.py (run that first: its prompts and indexes are
+reused). Servers: ibid serve --index <class index> (drafting on, the default), and llama-server
+(from scripts/build_llama_tools.sh) with its default slots (-np auto: it batches concurrent
+requests) and flash attention on, --spec-type none and each n-gram mode. Reported per class and
+server: completion tokens/s over the run, p50 and p99 request latency, requests, errors.
+Writes OUT/results.md (printed) and OUT/results.json.
+"""
+
+import argparse
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load_test import run_load  # noqa: E402
+from bench_generate import CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, md_table  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_ready(url, proc, what):
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(url + '/health', timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            if proc.poll() is not None:
+                sys.exit(f'bench_serve: {what} exited')
+            time.sleep(0.5)
+    sys.exit(f'bench_serve: {what} did not become ready')
+
+
+def start_ibid(model, cls, threads, logs):
+    port = free_port()
+    cache = tempfile.mkdtemp(prefix='ibid-bench-serve-')
+    err = open(os.path.join(logs, f'ibid-{cls}.err'), 'w')
+    proc = subprocess.Popen([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'serve',
+                             '--model', model, '--index', CLASS_INDEX[cls], '--addr', f'127.0.0.1:{port}',
+                             '--no-recycle-save'],
+                            cwd=ROOT, stderr=err, env={**os.environ, 'XDG_CACHE_HOME': cache, 'IBID_LOG': 'warn'})
+    return proc, f'http://127.0.0.1:{port}', err
+
+
+def start_llama(model, mode, threads, logs):
+    port = free_port()
+    err = open(os.path.join(logs, f'llama-server-{mode}.err'), 'w')
+    proc = subprocess.Popen([os.path.join(LLAMA_BIN, 'llama-server'), '-m', model, '-t', str(threads), '-c', '4096',
+                             '-fa', 'on', '--port', str(port), '--host', '127.0.0.1', '--spec-type', mode],
+                            cwd=ROOT, stdout=err, stderr=err)
+    return proc, f'http://127.0.0.1:{port}', err
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--clients', type=int, default=4)
+    ap.add_argument('--duration', type=float, default=30)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--classes', default='copy,code,chat')
+    ap.add_argument('--prompts-from', default='data/bench-generate/prompts')
+    ap.add_argument('--out', default='data/bench-serve')
+    args = ap.parse_args()
+    out = os.path.join(ROOT, args.out)
+    logs = os.path.join(out, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    results, rows = {}, []
+    for cls in args.classes.split(','):
+        files = sorted(glob.glob(os.path.join(ROOT, args.prompts_from, f'{cls}-*.txt')))
+        if not files:
+            sys.exit(f'bench_serve: no {cls} prompts in {args.prompts_from}: run scripts/bench_generate.py first')
+        requests = [(cls, open(f, encoding='utf-8').read(), 128) for f in files]
+        configs = [('ibid serve', lambda: start_ibid(model, cls, args.threads, logs))]
+        configs += [(f'llama-server {m}', lambda m=m: start_llama(model, m, args.threads, logs)) for m in SERVER_MODES]
+        for name, start in configs:
+            proc, url, err = start()
+            try:
+                wait_ready(url, proc, name)
+                s = run_load(url, args.clients, args.duration, proc.pid, requests)
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                err.close()
+            results.setdefault(cls, {})[name] = s
+            print(f'[bench_serve] {cls} {name}: {s["tokens_per_s"]:.1f} tokens/s, p99 {s["p99_s"]:.1f} s, '
+                  f'{s["requests"]} requests, {s["errors"]} errors', file=sys.stderr, flush=True)
+        ibid = results[cls]['ibid serve']
+        llama = {k: v for k, v in results[cls].items() if k != 'ibid serve'}
+        best = max(llama.items(), key=lambda kv: kv[1]['tokens_per_s'])
+        for name, s in results[cls].items():
+            rows.append([cls, name, f'{s["tokens_per_s"]:.1f}', f'{s["p50_s"]:.1f}', f'{s["p99_s"]:.1f}',
+                         str(s['requests']), str(s['errors']),
+                         f'{ibid["tokens_per_s"] / s["tokens_per_s"]:.2f}' if name != 'ibid serve' else '–'])
+        rows.append([cls, f'**best llama-server: {best[0].split(" ", 1)[1]}**', '', '', '', '', '',
+                     f'**{ibid["tokens_per_s"] / best[1]["tokens_per_s"]:.2f}**'])
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+    md = (f'{args.clients} concurrent clients, {args.duration:.0f} s per server and class, greedy, 128 new tokens per '
+          f'request, {args.threads} threads, Gemma 3 270M Q4_K_M, {cpu}.\n\n' +
+          md_table(['class', 'server', 'tokens/s', 'p50 latency (s)', 'p99 latency (s)', 'requests', 'errors',
+                    'ibid / this'], rows) + '\n')
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+        f.write(md)
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump({'args': vars(args), 'results': results}, f, indent=1)
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
