@@ -46,14 +46,18 @@ fn combined_tree_holds_both_sources_within_budget() {
     let docs = vec![vec![10, 11, 12, 13, 14], vec![10, 11, 12, 20, 21]];
     let (_d, index) = build(&docs);
     let mut c = Combined::new(vec![Box::new(ContextDrafter::default()), Box::new(IndexDrafter::new(&index))]);
-    // the context repeats "11 12" followed by 30 earlier; the corpus continues "11 12" with 13 or 20
-    let context = [11, 12, 30, 31, 11, 12];
+    // the context repeats "10 11 12", followed by 30 earlier; the corpus continues it with 13 or 20
+    let context = [10, 11, 12, 30, 31, 10, 11, 12];
     let tree = c.draft(&context, 6);
     assert!(tree.len() <= 6 && !tree.is_empty());
     let firsts: Vec<u32> = (0..tree.len()).filter(|&n| tree.parent(n).is_none()).map(|n| tree.token(n)).collect();
     assert!(firsts.contains(&30), "{firsts:?}");
     assert!(firsts.contains(&13) || firsts.contains(&20), "{firsts:?}");
     assert_eq!(c.draft(&context, 0).len(), 0);
+    // a two-token match in the corpus is too weak to draft from
+    let mut index_only = IndexDrafter::new(&index);
+    assert!(index_only.propose(&[31, 11, 12], 4).is_empty());
+    assert!(!index_only.propose(&[10, 11, 12], 4).is_empty());
 }
 
 /// Each token's `k` most frequent followers inside documents, most frequent first, smaller id

@@ -6,7 +6,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -82,9 +83,11 @@ const COMMON_FIELDS: &[&str] = &[
     "presence_penalty", "frequency_penalty",
 ];
 
-/// The body as `T`, refusing fields that are neither `T`'s own nor the shared ones.
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Json<Value>, JsonRejection>, own: &[&str]) -> Result<T, Response> {
-    let Json(value) = body.map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
+/// The body as `T`, refusing fields that are neither `T`'s own nor the shared ones. Any content
+/// type is read as JSON, as llama.cpp's server does.
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, own: &[&str]) -> Result<T, Response> {
+    let body = body.map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
     let Some(object) = value.as_object() else { return Err(bad("the request body must be a JSON object")) };
     if let Some(unknown) = object.keys().find(|k| !own.contains(&k.as_str()) && !COMMON_FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("unknown field {unknown:?}")));
@@ -329,7 +332,7 @@ async fn run(state: Arc<AppState>, prompt: Vec<u32>, checked: Checked, kind: Kin
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Json<Value>, JsonRejection>) -> Response {
+pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let req: CompletionRequest = match parse(body, &["prompt"]) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -348,7 +351,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Json<V
     run(state, prompt, checked, Kind::Completion, name).await
 }
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Json<Value>, JsonRejection>) -> Response {
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let req: ChatRequest = match parse(body, &["messages", "max_completion_tokens"]) {
         Ok(r) => r,
         Err(resp) => return resp,
