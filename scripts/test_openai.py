@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The official `openai` Python client against `ibid serve` (Gemma 3 270M, 1 thread): completions,
 chat, both streamed, model listing, and a bad request surfacing as the client's BadRequestError.
-Greedy answers must equal `ibid generate` for the same prompt. Exits non-zero on any failure.
+Greedy answers must equal `ibid generate` for the same prompt. Drafting is off here so that every
+answer is deterministic whatever the server learnt before (tests/serve_model.rs checks the
+drafting server against `ibid generate`). Exits non-zero on any failure.
 
 Usage: scripts/test_openai.py   (run by scripts/test.sh; needs `pip install openai`)
 """
@@ -32,11 +34,11 @@ def main():
     env = {**os.environ, 'XDG_CACHE_HOME': tempfile.mkdtemp(prefix='ibid-openai-'), 'IBID_LOG': 'warn'}
     prompt = 'import json\n\ndef load(path):\n'
     cli = subprocess.run([IBID, '--threads', '1', 'generate', '--model', model, '--prompt', prompt,
-                          '--max-tokens', '20', '--no-recycle-save'], cwd=ROOT, env=env, capture_output=True,
+                          '--max-tokens', '20', '--no-recycle-save', '--draft', 'none'], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True).stdout
     cli = cli[:-1] if cli.endswith('\n') else cli
     server = subprocess.Popen([IBID, '--threads', '1', 'serve', '--model', model, '--addr', '127.0.0.1:0',
-                               '--no-recycle-save'], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+                               '--no-recycle-save', '--draft', 'none'], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         url = None
         for line in server.stderr:

@@ -78,10 +78,10 @@ fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
     text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
 }
 
-fn greedy_cli(prompt: &str, max_tokens: usize, cache: &Path) -> String {
+fn greedy_cli(prompt: &str, max_tokens: usize, draft: &str, cache: &Path) -> String {
     let out = Command::new(ibid_bin())
         .args(["--threads", "1", "generate", "--model", model_path().to_str().unwrap(), "--prompt", prompt, "--ctx", "512"])
-        .args(["--max-tokens", &max_tokens.to_string(), "--no-recycle-save"])
+        .args(["--max-tokens", &max_tokens.to_string(), "--no-recycle-save", "--draft", draft])
         .env("XDG_CACHE_HOME", cache)
         .output()
         .unwrap();
@@ -115,18 +115,27 @@ fn metric(s: &Server, name: &str) -> f64 {
 fn serve_answers_like_openai_and_survives_bad_clients() {
     let cache = tempfile::tempdir().unwrap();
     let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
-    // The CLI first, with the same (empty) recycling cache the server starts from.
-    let expected = greedy_cli(prompt, 24, cache.path());
-    let s = start(&["--no-recycle-save"], cache.path());
 
-    // completion: OpenAI's shape, greedy text equal to `ibid generate`
+    // With drafting (the default): the first answer equals `ibid generate` from the same state
+    // (an empty recycling cache on both sides; later requests draft from what the server learnt,
+    // so their batches, and a near-tie, may differ).
+    let drafted = greedy_cli(prompt, 24, "all", cache.path());
+    let s = start(&["--no-recycle-save"], cache.path());
     let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
-    assert_eq!(v["choices"][0]["text"], expected.as_str(), "server and CLI disagree");
+    assert_eq!(v["choices"][0]["text"], drafted.as_str(), "server and CLI disagree");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 24);
     assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().unwrap() + 24);
+    assert!(metric(&s, "ibid_draft_tokens_total") > 0.0);
+    let drafting = s;
+
+    // Plain decoding, where every answer is deterministic: streaming, stop strings, chat.
+    let expected = greedy_cli(prompt, 24, "none", cache.path());
+    let s = start(&["--draft", "none", "--no-recycle-save"], cache.path());
+    let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
+    assert_eq!((code, v["choices"][0]["text"].as_str()), (200, Some(expected.as_str())));
 
     // streaming: the pieces add up to the same text, then a finish chunk, usage and [DONE]
     let events = stream(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}));
@@ -134,6 +143,7 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(streamed, expected);
+    assert!(chunks.len() > 3, "streamed in pieces");
     assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 24);
 
@@ -159,6 +169,30 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, whole);
+
+    // a slow client: nobody waits for it, and it still gets everything
+    let mut slow = raw_stream_request(&s, &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true}));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _) = post(&s, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 4}).to_string());
+    assert_eq!(code, 200);
+    let mut all = String::new();
+    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 4096];
+    while !all.contains("[DONE]") {
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {all}");
+        all.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let text: String = all
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|l| *l != "[DONE]")
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, expected);
+    drop(s);
+    let s = drafting;
 
     // bad input: a 4xx with an OpenAI-style error, and the server stays up
     let long_prompt = "word ".repeat(600);
@@ -217,28 +251,6 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert_eq!(code, 200);
     assert!(started.elapsed() < Duration::from_secs(15), "the abandoned generation ran on: {:?}", started.elapsed());
     assert!(metric(&s, "ibid_cancelled_total") > cancelled_before);
-
-    // a slow client: nobody waits for it, and it still gets everything
-    let mut slow = raw_stream_request(&s, &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true}));
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, _) = post(&s, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 4}).to_string());
-    assert_eq!(code, 200);
-    let mut all = String::new();
-    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = [0u8; 4096];
-    while !all.contains("[DONE]") {
-        let n = slow.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream ended early: {all}");
-        all.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    let text: String = all
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|l| *l != "[DONE]")
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(text, expected);
 
     // metrics in Prometheus' text format
     let m = get_text(&s, "/metrics");

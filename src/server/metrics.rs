@@ -58,16 +58,16 @@ impl Metrics {
         }
     }
 
-    pub fn record_generation(&self, report: &GenerateReport, _wall_s: f64, sources: &[serde_json::Value]) {
+    /// One generation: its report and, per draft source, (name, drafted, accepted) tokens.
+    pub fn record_generation(&self, report: &GenerateReport, sources: &[(String, u64, u64)]) {
         self.prompt_tokens.inc_by(report.prompt_tokens as u64);
         self.completion_tokens.inc_by(report.tokens.len() as u64);
         self.decode_seconds.inc_by(report.decode_s);
         self.verify_steps.inc_by(report.steps as u64);
         self.last_tokens_per_second.set(report.tokens_per_s());
-        for s in sources {
-            let name = s["source"].as_str().unwrap_or("?");
-            self.draft_tokens.with_label_values(&[name]).inc_by(s["drafted"].as_u64().unwrap_or(0));
-            self.accepted_tokens.with_label_values(&[name]).inc_by(s["accepted"].as_u64().unwrap_or(0));
+        for (name, drafted, accepted) in sources {
+            self.draft_tokens.with_label_values(&[name]).inc_by(*drafted);
+            self.accepted_tokens.with_label_values(&[name]).inc_by(*accepted);
         }
     }
 

@@ -157,8 +157,23 @@ pub fn spawn(
                     return;
                 }
             };
-            let mut recycle = recycle;
+            // One drafter for the server's life: what it learns (acceptance per source, the
+            // recycling matrix) carries over from request to request.
             let curve = crate::calibrate::load_cached(model.path(), config.session.threads);
+            let mut proposers: Vec<Box<dyn Proposer + '_>> = Vec::new();
+            if config.sources.context {
+                proposers.push(Box::new(ContextDrafter::default()));
+            }
+            if let (true, Some(ix)) = (config.sources.index, &index) {
+                proposers.push(Box::new(IndexDrafter::new(ix)));
+            }
+            if let (true, Some(r)) = (config.sources.recycle, recycle) {
+                proposers.push(Box::new(r));
+            }
+            let mut drafter = Combined::new(proposers);
+            if config.max_budget > 0 {
+                drafter.budget = Some(Budget::new(curve.as_ref(), config.max_budget));
+            }
             while let Some(job) = rx.blocking_recv() {
                 waiting.fetch_sub(1, Ordering::Relaxed);
                 if job.events.is_closed() {
@@ -170,26 +185,11 @@ pub fn spawn(
                     metrics.timeouts.inc();
                     continue;
                 }
-                let mut proposers: Vec<Box<dyn Proposer + '_>> = Vec::new();
-                if config.sources.context {
-                    proposers.push(Box::new(ContextDrafter::default()));
-                }
-                if let (true, Some(ix)) = (config.sources.index, &index) {
-                    proposers.push(Box::new(IndexDrafter::new(ix)));
-                }
-                if let (true, Some(r)) = (config.sources.recycle, recycle.as_mut()) {
-                    proposers.push(Box::new(r));
-                }
-                let mut drafter = Combined::new(proposers);
-                if config.max_budget > 0 {
-                    drafter.budget = Some(Budget::new(curve.as_ref(), config.max_budget));
-                }
+                drafter.budgets.clear();
                 run_job(&model, &mut session, &mut drafter, job, &metrics);
             }
-            if let Some(r) = recycle.as_mut() {
-                if let Err(e) = r.finish() {
-                    tracing::warn!("cannot save the recycling matrix: {e}");
-                }
+            if let Err(e) = drafter.finish() {
+                tracing::warn!("cannot save the recycling matrix: {e}");
             }
         })
         .map_err(|e| crate::Error::Invalid(format!("cannot start the generation thread: {e}")))?;
@@ -202,7 +202,7 @@ fn run_job(model: &Model, session: &mut Session<'_>, drafter: &mut Combined<'_>,
     let mut timed_out = false;
     let mut stopped = false;
     let events = job.events;
-    let started = Instant::now();
+    let before = drafter.stats.clone();
     let result = generate(session, &job.prompt, drafter, &job.options, |t| {
         let (out, hit) = stop.push(&text.push(model, t));
         if !out.is_empty() && events.send(Event::Text(out)).is_err() {
@@ -238,7 +238,13 @@ fn run_job(model: &Model, session: &mut Session<'_>, drafter: &mut Combined<'_>,
             if timed_out {
                 metrics.timeouts.inc();
             }
-            metrics.record_generation(&report, started.elapsed().as_secs_f64(), &drafter.source_report());
+            let per_source: Vec<(String, u64, u64)> = drafter
+                .source_names()
+                .into_iter()
+                .zip(drafter.stats.iter().zip(&before))
+                .map(|(name, (now, then))| (name, now.drafted - then.drafted, now.accepted - then.accepted))
+                .collect();
+            metrics.record_generation(&report, &per_source);
             let _ = events.send(Event::Done {
                 finish,
                 prompt_tokens: report.prompt_tokens,
