@@ -91,7 +91,7 @@ impl<P: Proposer + ?Sized> Proposer for &mut P {
     }
 }
 
-/// Acceptance counts per source, to weigh the sources against each other.
+/// Draft and accepted tokens per source, for `--stats` and `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct SourceStats {
     pub drafted: u64,
