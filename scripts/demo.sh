@@ -26,7 +26,7 @@ $IBID cnf "$INDEX" "mutex AND deadlock OR lockdep" --format table
 echo "== a document containing a phrase =="
 $IBID docs "$INDEX" " the Python Software Foundation" --maxnum 1 --max-disp-len 60 --seed 1 --format table
 
-echo "== generation: plain decoding vs drafts from the context and the index (same output expected) =="
+echo "== generation: plain decoding vs drafts from the context, the index and token recycling (same output expected) =="
 PROMPT_FILE=$(mktemp)
 python3 - "$PROMPT_FILE" <<'PY'
 import sys, sysconfig, pathlib
