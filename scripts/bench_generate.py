@@ -283,6 +283,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_ready(url, proc, what):
+    """Wait until the server at `url` answers GET /health."""
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(url + '/health', timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            if proc.poll() is not None:
+                die(f'{what} exited')
+            time.sleep(0.5)
+    die(f'{what} did not become ready')
+
+
+def stop_server(proc, timeout=60):
+    """SIGINT (both servers shut down gracefully on it), then kill if it lingers."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def server_runs(model, mode, prompts, args, logs):
     port = free_port()
     cmd = [os.path.join(LLAMA_BIN, 'llama-server'), '-m', model, '-t', str(args.threads), '-c', '4096',
@@ -291,15 +314,7 @@ def server_runs(model, mode, prompts, args, logs):
     log('$', ' '.join(cmd))
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf)
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                if proc.poll() is not None:
-                    die(f'llama-server --spec-type {mode} exited; see {errf.name}')
-                time.sleep(0.5)
+        wait_ready(f'http://127.0.0.1:{port}', proc, f'llama-server --spec-type {mode} (see {errf.name})')
         results = {}
         for p in prompts:
             body = json.dumps({'prompt': p['text'], 'n_predict': args.max_tokens, 'temperature': 0,
@@ -317,11 +332,7 @@ def server_runs(model, mode, prompts, args, logs):
                 json.dump(ans, f)
         return results
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         errf.close()
 
 

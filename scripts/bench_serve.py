@@ -20,32 +20,15 @@ import argparse
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load_test import run_load  # noqa: E402
-from bench_generate import CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, md_table  # noqa: E402
+from bench_generate import CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, md_table, stop_server, wait_ready  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def wait_ready(url, proc, what):
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(url + '/health', timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            if proc.poll() is not None:
-                sys.exit(f'bench_serve: {what} exited')
-            time.sleep(0.5)
-    sys.exit(f'bench_serve: {what} did not become ready')
 
 
 def start_ibid(model, cls, threads, logs):
@@ -96,11 +79,7 @@ def main():
                 wait_ready(url, proc, name)
                 s = run_load(url, args.clients, args.duration, proc.pid, requests)
             finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc)
                 err.close()
             results.setdefault(cls, {})[name] = s
             print(f'[bench_serve] {cls} {name}: {s["tokens_per_s"]:.1f} tokens/s, p99 {s["p99_s"]:.1f} s, '

@@ -130,11 +130,10 @@ pub fn generate(
         let left = options.max_tokens - report.tokens.len();
         // No point drafting past the last token we will keep.
         let budget = options.budget.min(room).min(left.saturating_sub(1));
-        let context = session.tokens();
-        let mut tree = if budget > 0 { drafter.draft(&context, budget) } else { DraftTree::new() };
+        let mut tree = if budget > 0 { drafter.draft(&session.tokens(), budget) } else { DraftTree::new() };
         tree.truncate(budget.min(tree.len()));
         let wants_logits = drafter.wants_logits();
-        let pending = *context.last().expect("a prefilled session has a pending token");
+        let pending = session.pending().expect("a prefilled session has a pending token");
         let outcome = session.step(&tree, &mut chooser, |node, logits| {
             if wants_logits {
                 drafter.observe_logits(node.map_or(pending, |n| tree.token(n)), logits);

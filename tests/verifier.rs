@@ -33,13 +33,18 @@ fn session() -> Session<'static> {
     Session::new(model(), SessionOptions { threads: 1, n_ctx: 1024, n_batch: 64, max_sequences: 32 }).unwrap()
 }
 
-/// 20 real prompts: the openings of CPython standard library modules.
-fn prompts() -> Vec<Vec<u32>> {
-    let stdlib = std::process::Command::new("python3")
+/// The local python3's standard library folder.
+fn stdlib() -> std::path::PathBuf {
+    let out = std::process::Command::new("python3")
         .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
         .output()
         .unwrap();
-    let stdlib = std::path::PathBuf::from(String::from_utf8(stdlib.stdout).unwrap().trim());
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// 20 real prompts: the openings of CPython standard library modules.
+fn prompts() -> Vec<Vec<u32>> {
+    let stdlib = stdlib();
     let files = [
         "abc.py", "argparse.py", "base64.py", "bisect.py", "calendar.py", "colorsys.py", "csv.py",
         "dataclasses.py", "difflib.py", "fnmatch.py", "fractions.py", "glob.py", "heapq.py", "hmac.py",
@@ -455,11 +460,7 @@ fn an_index_must_share_the_models_vocabulary() {
 fn context_drafts_speed_up_a_copy_and_change_nothing() {
     let _l = lock();
     let mut s = session();
-    let stdlib = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
-        .output()
-        .unwrap();
-    let src = std::fs::read_to_string(std::path::Path::new(String::from_utf8(stdlib.stdout).unwrap().trim()).join("colorsys.py")).unwrap();
+    let src = std::fs::read_to_string(stdlib().join("colorsys.py")).unwrap();
     let passage = &src[..800];
     let prompt = model().tokenize_prompt(&format!("{passage}\n\n# The same code again, unchanged:\n\n{}", &passage[..120]));
     let plain = generate(&mut s, &prompt, &mut NoDrafts, &greedy(48, 0), |_| true).unwrap();
@@ -479,11 +480,7 @@ fn context_drafts_speed_up_a_copy_and_change_nothing() {
 #[test]
 fn all_drafters_with_an_index_change_nothing() {
     let _l = lock();
-    let stdlib = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
-        .output()
-        .unwrap();
-    let stdlib = std::path::PathBuf::from(String::from_utf8(stdlib.stdout).unwrap().trim());
+    let stdlib = stdlib();
     let files: Vec<std::path::PathBuf> = ["abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py", "shlex.py", "textwrap.py", "glob.py"]
         .iter()
         .map(|f| stdlib.join(f))

@@ -144,16 +144,18 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel::<Job>(config.queue.max(1));
     let waiting = Arc::new(AtomicU64::new(0));
     let queue = Queue { jobs: tx, waiting: waiting.clone() };
-    // Fail here, not in the thread, if the context cannot be made.
-    let probe = Session::new(&model, config.session.clone())?;
-    drop(probe);
+    // The thread makes the context and says whether it could, so that spawn fails, not the thread.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<crate::Result<()>>(1);
     let handle = std::thread::Builder::new()
         .name("ibid-generate".into())
         .spawn(move || {
             let mut session = match Session::new(&model, config.session.clone()) {
-                Ok(s) => s,
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
                 Err(e) => {
-                    tracing::error!("cannot create the generation context: {e}");
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
@@ -193,6 +195,9 @@ pub fn spawn(
             }
         })
         .map_err(|e| crate::Error::Invalid(format!("cannot start the generation thread: {e}")))?;
+    ready_rx
+        .recv()
+        .map_err(|_| crate::Error::Invalid("the generation thread stopped before it started".into()))??;
     Ok((queue, handle))
 }
 

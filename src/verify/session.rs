@@ -145,6 +145,11 @@ impl<'m> Session<'m> {
         t
     }
 
+    /// The token the next step starts from (the last one so far).
+    pub fn pending(&self) -> Option<u32> {
+        self.pending
+    }
+
     pub fn len(&self) -> usize {
         self.committed.len() + usize::from(self.pending.is_some())
     }
