@@ -26,6 +26,8 @@
 #   Release, BUILD_SHARED_LIBS=OFF, GGML_NATIVE=OFF (=> ggml's own defaults turn on SSE4.2, AVX,
 #   AVX2, BMI2, FMA, F16C -- exactly what the crate's build gets), GGML_OPENMP=ON,
 #   GGML_LLAMAFILE default (ON), LLAMA_CURL=OFF, CFLAGS as the cc crate passes them.
+#   One setting differs on purpose: ibid builds with GGML_CPU_REPACK=OFF (.cargo/config.toml, for
+#   batch-invariant logits); the tools keep llama.cpp's default (ON), their fastest setting.
 #   Tests and the unified `llama` app are off; the server's web UI is not built or downloaded.
 #   If ibid's build tree is present (target/release/build/llama-cpp-sys-2-*/out/build), the
 #   key GGML_* cache entries of both builds are compared and differences are reported.
@@ -141,7 +143,7 @@ if [ ! -f "$BUILD/CMakeCache.txt" ] || [ "$(cat "$ARGS_STAMP" 2>/dev/null)" != "
 fi
 
 # --- 5. compare with ibid's own llama.cpp build, if there is one -----------------------------
-keys='GGML_NATIVE GGML_OPENMP GGML_LLAMAFILE GGML_AVX GGML_AVX2 GGML_AVX512 GGML_AVX_VNNI GGML_FMA GGML_F16C GGML_BMI2 GGML_SSE42 GGML_CPU_REPACK GGML_BLAS BUILD_SHARED_LIBS CMAKE_BUILD_TYPE CMAKE_C_FLAGS CMAKE_CXX_FLAGS'
+keys='GGML_NATIVE GGML_OPENMP GGML_LLAMAFILE GGML_AVX GGML_AVX2 GGML_AVX512 GGML_AVX_VNNI GGML_FMA GGML_F16C GGML_BMI2 GGML_SSE42 GGML_BLAS BUILD_SHARED_LIBS CMAKE_BUILD_TYPE CMAKE_C_FLAGS CMAKE_CXX_FLAGS'
 cache_vals() { for k in $keys; do grep -E "^$k:" "$1" | head -1 | sed -e 's/:[A-Z]*= */=/' -e 's/ *$//'; done; }
 for crate_cache in "$ROOT"/target/release/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
   [ -f "$crate_cache" ] || continue

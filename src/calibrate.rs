@@ -89,7 +89,8 @@ pub fn cache_dir() -> PathBuf {
 pub fn cache_path(model: &std::path::Path, threads: usize) -> PathBuf {
     let name = model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
-    cache_dir().join(format!("cost-{name}-{size}-t{threads}.json"))
+    let kernels = crate::llama::kernels().tag();
+    cache_dir().join(format!("cost-{name}-{size}-t{threads}-{kernels}.json"))
 }
 
 pub fn load_cached(model: &std::path::Path, threads: usize) -> Option<CostCurve> {

@@ -26,6 +26,11 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// llama.cpp's batch-size-dependent CPU kernels: cheaper large verification batches, but
+    /// accelerated output may differ from plain decoding where the model is near a tie. Without
+    /// it, every row of a batch gets the logits it would get alone, bit for bit.
+    #[arg(long, global = true)]
+    fast_kernels: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -639,6 +644,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         "recycle_open_s": recycle_open_s,
         "stop": report.stop,
         "threads": threads,
+        "kernels": ibid::llama::kernels().tag(),
     });
     if args.stats {
         eprintln!("{stats}");
@@ -774,6 +780,7 @@ fn main() {
         std::env::set_var("OMP_WAIT_POLICY", "passive");
     }
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    ibid::llama::set_kernels(if cli.fast_kernels { ibid::llama::Kernels::Fast } else { ibid::llama::Kernels::Exact });
     let result = match cli.command {
         Command::Build(args) => run_build(args, threads),
         Command::Info(args) => run_info(args),

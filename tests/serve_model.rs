@@ -117,8 +117,7 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
 
     // With drafting (the default): the first answer equals `ibid generate` from the same state
-    // (an empty recycling cache on both sides; later requests draft from what the server learnt,
-    // so their batches, and a near-tie, may differ).
+    // (an empty recycling cache on both sides), and plain decoding (below).
     let drafted = greedy_cli(prompt, 24, "all", cache.path());
     let s = start(&["--no-recycle-save"], cache.path());
     let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
@@ -133,6 +132,7 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
 
     // Plain decoding, where every answer is deterministic: streaming, stop strings, chat.
     let expected = greedy_cli(prompt, 24, "none", cache.path());
+    assert_eq!(drafted, expected, "accelerated and plain output differ");
     let s = start(&["--draft", "none", "--no-recycle-save"], cache.path());
     let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
     assert_eq!((code, v["choices"][0]["text"].as_str()), (200, Some(expected.as_str())));

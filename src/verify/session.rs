@@ -83,6 +83,10 @@ pub struct Session<'m> {
     committed: Vec<u32>,
     /// The last token: chosen, not yet decoded.
     pending: Option<u32>,
+    /// Cells that hold rejected draft nodes (see [`Session::keep_path`]).
+    retired: usize,
+    /// How often the cache was compacted.
+    compactions: usize,
 }
 
 fn llama_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -91,8 +95,8 @@ fn llama_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, options: SessionOptions) -> Result<Self> {
-        if options.max_sequences == 0 || options.max_sequences > MAX_SEQUENCES {
-            return Err(Error::Invalid(format!("max_sequences must be in 1..={MAX_SEQUENCES}")));
+        if options.max_sequences == 0 || options.max_sequences >= MAX_SEQUENCES {
+            return Err(Error::Invalid(format!("max_sequences must be in 1..{MAX_SEQUENCES}")));
         }
         if options.n_batch < 2 || options.n_ctx < 8 {
             return Err(Error::Invalid("n_batch must be at least 2 and n_ctx at least 8".into()));
@@ -102,13 +106,21 @@ impl<'m> Session<'m> {
             .with_n_ctx(std::num::NonZeroU32::new(options.n_ctx))
             .with_n_batch(options.n_batch)
             .with_n_ubatch(options.n_batch)
-            .with_n_seq_max(options.max_sequences)
+            // One more sequence holds the retired draft cells.
+            .with_n_seq_max(options.max_sequences + 1)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             // Sequences share one cache, so a tree's branches see the committed context.
             .with_kv_unified(true)
-            // With flash attention, tree logits equal decoding each branch on its own.
+            // Flash attention skips masked cells and visits the rest in cell order, so a tree
+            // node attends to its ancestors exactly as a chain would.
             .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED);
+        // A V cache of another type than K keeps flash attention on its one-row-at-a-time path
+        // (llama.cpp casts F32 to F16, so BF16). It accumulates in F32, where F16 V accumulates in F16.
+        let params = match crate::llama::kernels() {
+            crate::llama::Kernels::Exact => params.with_type_v(llama_cpp_2::context::params::KvCacheType::BF16),
+            crate::llama::Kernels::Fast => params,
+        };
         let ctx = model
             .llama()
             .new_context(crate::llama::backend()?, params)
@@ -120,6 +132,8 @@ impl<'m> Session<'m> {
             options,
             committed: Vec::new(),
             pending: None,
+            retired: 0,
+            compactions: 0,
         })
     }
 
@@ -136,6 +150,7 @@ impl<'m> Session<'m> {
         self.ctx.clear_kv_cache();
         self.committed.clear();
         self.pending = None;
+        self.retired = 0;
     }
 
     /// Every token so far: committed ones and the pending one.
@@ -222,6 +237,12 @@ impl<'m> Session<'m> {
                 self.options.n_batch
             )));
         }
+        if base + self.retired + 1 + tree.len() > self.options.n_ctx as usize {
+            self.compact()?;
+        }
+        if base + 1 + tree.len() > self.options.n_ctx as usize {
+            return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
+        }
         let leaves = tree.leaves();
         let n_seq = leaves.len().max(1);
         if n_seq > self.options.max_sequences as usize {
@@ -264,20 +285,10 @@ impl<'m> Session<'m> {
         out.batch_tokens = 1 + tree.len();
         let cur = out.accepted.last().copied();
 
-        // Keep the accepted path only: its sequence, cut after the last accepted node, becomes 0.
-        let depth = out.accepted.len();
         let keep = cur.map_or(0, |c| seqs[c][0]);
-        if n_seq > 1 {
-            self.ctx.llama_kv_cache_seq_keep(keep);
-        }
-        let cut = (base + 1 + depth) as u32;
-        let removed = self.ctx.clear_kv_cache_seq(Some(keep as u32), Some(cut), None).map_err(|e| llama_err("trimming the cache", e))?;
-        if !removed {
-            return Err(Error::Llama("llama.cpp could not trim the cache after a rejected draft".into()));
-        }
-        if keep != 0 {
-            self.ctx.copy_kv_cache_seq(keep, 0, None, None).map_err(|e| llama_err("keeping the accepted path", e))?;
-            self.ctx.llama_kv_cache_seq_keep(0);
+        if !tree.is_empty() {
+            self.keep_path(n_seq, base, keep, out.accepted.len())?;
+            self.retired += tree.len() - out.accepted.len();
         }
         self.committed.push(pending);
         self.committed.extend(out.accepted.iter().map(|&n| tree.token(n)));
@@ -285,25 +296,79 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
-    /// Decode the pending token and then `tokens` as one batch, without keeping them; calls `read`
-    /// with the logits after each of them (pending first).
-    fn decode_chain(&mut self, tokens: &[u32], mut read: impl FnMut(usize, &[f32])) -> Result<()> {
+    /// After a tree step, sequence 0 holds the committed tokens, the pending one and the accepted
+    /// path (`depth` nodes of sequence `keep`), and nothing else does. The other nodes' cells move
+    /// to the retired sequence instead of being freed: llama.cpp puts new tokens into the first
+    /// free cells, and a freed cell before an accepted one would put a later token ahead of an
+    /// earlier one. Attention visits cells in order, so that alone would change the sums' order
+    /// and the logits. Retired cells are dropped by [`Self::compact`] when the cache fills up.
+    fn keep_path(&mut self, n_seq: usize, base: usize, keep: i32, depth: usize) -> Result<()> {
+        let retired = self.retired_seq();
+        let nodes = Some(base as u32 + 1);
+        for s in 0..n_seq as i32 {
+            self.ctx.kv_cache_seq_cp(s, retired, nodes, None).map_err(|e| llama_err("retiring a draft tree", e))?;
+        }
+        let cut = (base + 1 + depth) as u32;
+        if keep != 0 {
+            self.ctx.kv_cache_seq_rm(0, nodes, None).map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx.kv_cache_seq_cp(keep, 0, nodes, Some(cut)).map_err(|e| llama_err("keeping the accepted path", e))?;
+        } else {
+            self.ctx.kv_cache_seq_rm(0, Some(cut), None).map_err(|e| llama_err("trimming the cache", e))?;
+        }
+        for s in 1..n_seq as i32 {
+            self.ctx.kv_cache_seq_rm(s, None, None).map_err(|e| llama_err("trimming the cache", e))?;
+        }
+        Ok(())
+    }
+
+    /// The sequence id that holds retired draft cells: one past the branches.
+    fn retired_seq(&self) -> i32 {
+        self.options.max_sequences as i32
+    }
+
+    /// Drop the retired cells and store sequence 0 again in cells 0, 1, 2, … in position order,
+    /// as plain decoding would have left it.
+    fn compact(&mut self) -> Result<()> {
+        let state = self
+            .ctx
+            .state_seq_get(0, llama_cpp_2::context::session::LlamaStateSeqFlags::empty())
+            .map_err(|e| llama_err("saving the cache", e))?;
+        self.ctx.clear_kv_cache();
+        self.ctx.state_seq_set(&state, 0).map_err(|e| llama_err("restoring the cache", e))?;
+        self.retired = 0;
+        self.compactions += 1;
+        Ok(())
+    }
+
+    /// How often rejected draft cells filled the cache and it was compacted.
+    pub fn compactions(&self) -> usize {
+        self.compactions
+    }
+
+    /// Decode the pending token and then `tokens` as one batch (or one token per batch), without
+    /// keeping them; calls `read` with the logits after each of them (pending first).
+    fn decode_chain(&mut self, tokens: &[u32], one_by_one: bool, mut read: impl FnMut(&[f32])) -> Result<()> {
         let pending = self.pending.ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
         self.check_tokens(tokens)?;
-        if tokens.len() + 1 > self.options.n_batch as usize {
+        if !one_by_one && tokens.len() + 1 > self.options.n_batch as usize {
             return Err(Error::Invalid(format!("at most {} tokens fit one batch", self.options.n_batch - 1)));
         }
+        let per_batch = if one_by_one { 1 } else { tokens.len() + 1 };
         let base = self.committed.len();
         if base + tokens.len() + 2 > self.options.n_ctx as usize {
             return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
         }
-        self.batch.clear();
-        for (i, &t) in std::iter::once(&pending).chain(tokens).enumerate() {
-            self.batch.add(LlamaToken(t as i32), (base + i) as i32, &[0], true).map_err(|e| llama_err("batch", e))?;
-        }
-        self.ctx.decode(&mut self.batch).map_err(|e| llama_err("decoding", e))?;
-        for i in 0..=tokens.len() {
-            read(i, self.ctx.get_logits_ith(i as i32));
+        let all: Vec<u32> = std::iter::once(pending).chain(tokens.iter().copied()).collect();
+        for (c, chunk) in all.chunks(per_batch).enumerate() {
+            self.batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                let pos = base + c * per_batch + i;
+                self.batch.add(LlamaToken(t as i32), pos as i32, &[0], true).map_err(|e| llama_err("batch", e))?;
+            }
+            self.ctx.decode(&mut self.batch).map_err(|e| llama_err("decoding", e))?;
+            for i in 0..chunk.len() {
+                read(self.ctx.get_logits_ith(i as i32));
+            }
         }
         self.ctx
             .clear_kv_cache_seq(Some(0), Some(base as u32), None)
@@ -315,7 +380,15 @@ impl<'m> Session<'m> {
     /// kept (for tests).
     pub fn logits_of_chain(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(tokens.len() + 1);
-        self.decode_chain(tokens, |_, l| out.push(l.to_vec()))?;
+        self.decode_chain(tokens, false, |l| out.push(l.to_vec()))?;
+        Ok(out)
+    }
+
+    /// The same, each token decoded alone (one token per batch): the reference batched logits are
+    /// compared with.
+    pub fn logits_token_by_token(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(tokens.len() + 1);
+        self.decode_chain(tokens, true, |l| out.push(l.to_vec()))?;
         Ok(out)
     }
 
@@ -324,7 +397,7 @@ impl<'m> Session<'m> {
     pub fn time_batch(&mut self, n: usize) -> Result<f64> {
         let filler: Vec<u32> = (0..n.saturating_sub(1)).map(|i| 1000 + i as u32).collect();
         let start = std::time::Instant::now();
-        self.decode_chain(&filler, |_, _| {})?;
+        self.decode_chain(&filler, false, |_| {})?;
         Ok(start.elapsed().as_secs_f64())
     }
 }
