@@ -781,6 +781,9 @@ fn main() {
     }
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     ibid::llama::set_kernels(if cli.fast_kernels { ibid::llama::Kernels::Fast } else { ibid::llama::Kernels::Exact });
+    if !cli.fast_kernels && ibid::llama::repacked_build() && matches!(cli.command, Command::Generate(_) | Command::Serve(_)) {
+        eprintln!("ibid: warning: llama.cpp was built with GGML_CPU_REPACK on, so batched logits depend on the batch size and accelerated output may differ from plain decoding at near-ties (README, Exactness)");
+    }
     let result = match cli.command {
         Command::Build(args) => run_build(args, threads),
         Command::Info(args) => run_info(args),

@@ -289,9 +289,9 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
 }
 
 /// Accelerated output equals plain output token for token on 50 prompts × 128 tokens, greedy on
-/// every other prompt and sampled with a fixed seed on the rest: drafts of the plain run's own continuation with random branches and
-/// wrong guesses (long accepted paths, many rejected cells), in a cache small enough that the
-/// rejected cells fill it and it is compacted.
+/// every other prompt and sampled with a fixed seed on the rest: drafts of the plain run's own
+/// continuation with random branches and wrong guesses (long accepted paths, many rejected
+/// cells), in a cache small enough that the rejected cells fill it and it is compacted.
 #[test]
 fn speculative_output_equals_plain_output_token_for_token() {
     let _l = lock();
