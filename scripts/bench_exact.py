@@ -163,18 +163,11 @@ def main():
     ratio_table = bg.md_table(['class', 'exact / default, plain', 'exact / default, all',
                                'exact / default, all, same text (prompts)',
                                'fast / default, all, same text (prompts)'], ratio_rows)
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
-    md = (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {args.prompts} prompts per class, '
-          f'Gemma 3 270M Q4_K_M, {cpu}, {os.cpu_count()} cores.\n\n'
-          f'Cost of one batch of N tokens:\n\n{cost_table}\n\n'
+    md = (f'{bg.setup_line(args)}\n\nCost of one batch of N tokens:\n\n{cost_table}\n\n'
           f'Generation (medians per class):\n\n{gen_table}\n\n{ratio_table}\n')
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
     slim = {pid: {f'{n}/{m}': {k: v for k, v in r.items() if k != 'token_ids'} for (n, m), r in rs.items()}
             for pid, rs in runs.items()}
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump({'args': vars(args), 'curves': curves, 'summary': summary, 'runs': slim}, f, indent=1)
-    print(md)
+    bg.write_results(out, md, {'args': vars(args), 'curves': curves, 'summary': summary, 'runs': slim})
 
 
 if __name__ == '__main__':

@@ -389,6 +389,21 @@ def summarize(results, prompts, classes, methods):
     return table, ctable, summary, checks
 
 
+def setup_line(args):
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+    return (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {args.prompts} prompts per class, '
+            f'Gemma 3 270M Q4_K_M, {cpu}, {os.cpu_count()} cores.')
+
+
+def write_results(out, md, data):
+    """OUT/results.md (also printed) and OUT/results.json."""
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+        f.write(md)
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump(data, f, indent=1)
+    print(md)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--prompts', type=int, default=10, help='prompts per class')
@@ -438,16 +453,10 @@ def main():
         if not args.no_server:
             methods += [f'server:{m}' for m in SERVER_MODES]
     table, ctable, summary, checks = summarize(results, prompts, classes, methods)
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
-    md = (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {args.prompts} prompts per class, '
-          f'Gemma 3 270M Q4_K_M, {cpu}, {os.cpu_count()} cores.\n\n{table}\n\n{ctable}\n')
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
     slim = {pid: {m: {k: v for k, v in r.items() if k != 'token_ids'} for m, r in rs.items()}
             for pid, rs in results.items()}
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump({'args': vars(args), 'summary': summary, 'checks': checks, 'runs': slim}, f, indent=1)
-    print(md)
+    write_results(out, f'{setup_line(args)}\n\n{table}\n\n{ctable}\n',
+                  {'args': vars(args), 'summary': summary, 'checks': checks, 'runs': slim})
 
 
 if __name__ == '__main__':
