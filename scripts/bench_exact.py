@@ -27,7 +27,6 @@ For each configuration:
 Writes OUT/results.md (printed) and OUT/results.json; logs in OUT/logs/.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -87,13 +86,7 @@ def generate(name, model, p, method, args, logs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--prompts', type=int, default=10, help='prompts per class')
-    ap.add_argument('--max-tokens', type=int, default=128)
-    ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--classes', default='code,chat,copy')
-    ap.add_argument('--out', default='data/bench-exact')
-    args = ap.parse_args()
+    args = bg.run_arguments(__doc__, 'data/bench-exact').parse_args()
     args.no_llama, args.calibrate = True, False
     out = os.path.join(ROOT, args.out)
     logs = os.path.join(out, 'logs')

@@ -389,6 +389,17 @@ def summarize(results, prompts, classes, methods):
     return table, ctable, summary, checks
 
 
+def run_arguments(doc, out):
+    """The options every generation benchmark takes: prompts, tokens, threads, classes, output."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--prompts', type=int, default=10, help='prompts per class')
+    ap.add_argument('--max-tokens', type=int, default=128)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--classes', default='code,chat,copy')
+    ap.add_argument('--out', default=out)
+    return ap
+
+
 def setup_line(args):
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
     return (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {args.prompts} prompts per class, '
@@ -405,13 +416,8 @@ def write_results(out, md, data):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--prompts', type=int, default=10, help='prompts per class')
-    ap.add_argument('--max-tokens', type=int, default=128)
-    ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--classes', default='code,chat,copy')
+    ap = run_arguments(__doc__, 'data/bench-generate')
     ap.add_argument('--methods', default=','.join(IBID_METHODS), help='ibid methods to run')
-    ap.add_argument('--out', default='data/bench-generate')
     ap.add_argument('--no-llama', action='store_true', help='skip llama.cpp tools')
     ap.add_argument('--no-server', action='store_true', help='skip llama-server modes')
     ap.add_argument('--no-lookahead', action='store_true', help='skip llama-lookahead')
