@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::verify::{Chooser, DraftTree, SamplingParams, Session, StepOutcome};
 
 /// Proposes draft tokens that continue a context.
@@ -90,6 +91,92 @@ impl GenerateReport {
     }
 }
 
+/// One generation's bookkeeping between verification steps: how many draft nodes the next step
+/// may verify, and what a step's outcome emits. [`generate`] runs one; the server's worker runs
+/// several side by side, one per slot of a shared session.
+pub struct Generation {
+    options: GenerateOptions,
+    pub chooser: Chooser,
+    pub report: GenerateReport,
+    started: Instant,
+    done: bool,
+}
+
+impl Generation {
+    /// A generation whose prompt (`prompt_tokens` long, `prompt_s` to process) is in the session.
+    pub fn new(prompt_tokens: usize, options: &GenerateOptions, prompt_s: f64) -> Result<Self> {
+        options.sampling.validate()?;
+        Ok(Generation {
+            options: *options,
+            chooser: Chooser::new(options.sampling),
+            report: GenerateReport {
+                prompt_tokens,
+                tokens: Vec::new(),
+                margins: Vec::new(),
+                stop: StopReason::MaxTokens,
+                prompt_s,
+                decode_s: 0.0,
+                steps: 0,
+                drafted: 0,
+                accepted: 0,
+            },
+            started: Instant::now(),
+            done: options.max_tokens == 0,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Most draft nodes for the next step of a sequence `len` tokens long in a context of `n_ctx`:
+    /// the caller's budget, capped by the room left and by the tokens still wanted (no point
+    /// drafting past the last token that is kept).
+    pub fn budget(&self, len: usize, n_ctx: usize) -> Result<usize> {
+        let room = n_ctx.saturating_sub(len + 2);
+        if room == 0 {
+            return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full after {} tokens", self.report.tokens.len())));
+        }
+        let left = self.options.max_tokens.saturating_sub(self.report.tokens.len());
+        Ok(self.options.budget.min(room).min(left.saturating_sub(1)))
+    }
+
+    /// Take a verification step of `drafted` nodes: its tokens go to `on_token` (which returns
+    /// whether to go on) until the end of generation, `max_tokens` or the caller stops it.
+    /// Returns whether the generation is over.
+    pub fn absorb(&mut self, model: &Model, drafted: usize, outcome: &StepOutcome, mut on_token: impl FnMut(u32) -> bool) -> bool {
+        let report = &mut self.report;
+        report.steps += 1;
+        report.drafted += drafted;
+        report.accepted += outcome.accepted.len();
+        for (&t, &m) in outcome.emitted.iter().zip(&outcome.margins) {
+            if self.options.stop_at_eog && model.is_eog(t) {
+                report.stop = StopReason::EndOfGeneration;
+                self.done = true;
+                break;
+            }
+            report.tokens.push(t);
+            report.margins.push(m);
+            if !on_token(t) {
+                report.stop = StopReason::Caller;
+                self.done = true;
+                break;
+            }
+            if report.tokens.len() == self.options.max_tokens {
+                self.done = true;
+                break;
+            }
+        }
+        self.done
+    }
+
+    /// The report, with the time since the generation started as its decoding time.
+    pub fn finish(mut self) -> GenerateReport {
+        self.report.decode_s = self.started.elapsed().as_secs_f64();
+        self.report
+    }
+}
+
 /// Generate after `prompt` (token ids, BOS included when the model wants it). `on_token` sees each
 /// token as soon as it is final and returns whether to go on.
 pub fn generate(
@@ -106,59 +193,21 @@ pub fn generate(
     let model = session.model();
     let start = Instant::now();
     session.prefill(prompt)?;
-    let prompt_s = start.elapsed().as_secs_f64();
-
-    let mut chooser = Chooser::new(options.sampling);
-    let mut report = GenerateReport {
-        prompt_tokens: prompt.len(),
-        tokens: Vec::new(),
-        margins: Vec::new(),
-        stop: StopReason::MaxTokens,
-        prompt_s,
-        decode_s: 0.0,
-        steps: 0,
-        drafted: 0,
-        accepted: 0,
-    };
-    let start = Instant::now();
+    let mut generation = Generation::new(prompt.len(), options, start.elapsed().as_secs_f64())?;
     let n_ctx = session.options().n_ctx as usize;
-    'outer: while report.tokens.len() < options.max_tokens {
-        let room = n_ctx.saturating_sub(session.len() + 2);
-        if room == 0 {
-            return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full after {} tokens", report.tokens.len())));
-        }
-        let left = options.max_tokens - report.tokens.len();
-        // No point drafting past the last token we will keep.
-        let budget = options.budget.min(room).min(left.saturating_sub(1));
+    while !generation.is_done() {
+        let budget = generation.budget(session.len(), n_ctx)?;
         let mut tree = if budget > 0 { drafter.draft(&session.tokens(), budget) } else { DraftTree::new() };
         tree.truncate(budget.min(tree.len()));
         let wants_logits = drafter.wants_logits();
         let pending = session.pending().expect("a prefilled session has a pending token");
-        let outcome = session.step(&tree, &mut chooser, |node, logits| {
+        let outcome = session.step(&tree, &mut generation.chooser, |node, logits| {
             if wants_logits {
                 drafter.observe_logits(node.map_or(pending, |n| tree.token(n)), logits);
             }
         })?;
         drafter.observe(&tree, &outcome);
-        report.steps += 1;
-        report.drafted += tree.len();
-        report.accepted += outcome.accepted.len();
-        for (&t, &m) in outcome.emitted.iter().zip(&outcome.margins) {
-            if options.stop_at_eog && model.is_eog(t) {
-                report.stop = StopReason::EndOfGeneration;
-                break 'outer;
-            }
-            report.tokens.push(t);
-            report.margins.push(m);
-            if !on_token(t) {
-                report.stop = StopReason::Caller;
-                break 'outer;
-            }
-            if report.tokens.len() == options.max_tokens {
-                break 'outer;
-            }
-        }
+        generation.absorb(model, tree.len(), &outcome, &mut on_token);
     }
-    report.decode_s = start.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(generation.finish())
 }

@@ -310,7 +310,9 @@ impl ModelArgs {
     }
 
     fn session_options(&self, threads: usize) -> SessionOptions {
-        SessionOptions { threads, n_ctx: self.ctx, n_batch: self.batch.max(2), ..SessionOptions::default() }
+        let n_batch = self.batch.max(2);
+        let max_sequences = SessionOptions::default().max_sequences.min(n_batch - 1);
+        SessionOptions { threads, n_ctx: self.ctx, n_batch, max_sequences, ..SessionOptions::default() }
     }
 }
 
@@ -330,6 +332,9 @@ struct ServeArgs {
     /// Requests that may wait for the generator; more are answered 503.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Requests generated at once, their draft trees verified in one batch (each gets --ctx tokens).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    parallel: u32,
     /// Largest request body, e.g. 1M.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
     max_body: u64,
@@ -727,9 +732,16 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
         None => None,
     };
     let metrics = Arc::new(ibid::server::Metrics::new());
-    let session = args.model.session_options(threads);
+    // One cache for all slots; each slot's trees use its own range of sequence ids.
+    let mut session = args.model.session_options(threads);
     let n_ctx = session.n_ctx as usize;
-    let config = ibid::server::WorkerConfig { session, sources, max_budget: ibid::draft::MAX_AUTO_BUDGET, queue: args.queue };
+    session.slots = args.parallel;
+    // A tree has at most as many paths as nodes.
+    let max_budget = ibid::draft::MAX_AUTO_BUDGET.min(((ibid::verify::session::MAX_SEQUENCES - 1) / args.parallel) as usize);
+    session.max_sequences = max_budget as u32;
+    session.n_ctx = session.n_ctx.saturating_mul(args.parallel);
+    session.n_batch = session.n_batch.max(args.parallel * (1 + max_budget as u32));
+    let config = ibid::server::WorkerConfig { session, request_ctx: n_ctx, sources, max_budget, queue: args.queue };
     let (queue, worker) = ibid::server::worker::spawn(model.clone(), index.clone(), recycle, config, metrics.clone())?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.model.model.file_name().map_or("model".into(), |f| f.to_string_lossy().into_owned())

@@ -137,6 +137,26 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
     assert_eq!((code, v["choices"][0]["text"].as_str()), (200, Some(expected.as_str())));
 
+    // Requests for the concurrency check below, answered here one at a time: greedy and seeded
+    // sampling (a seed fixes plain sampling's draws, and drafting draws the same).
+    let together: Vec<Value> = [
+        ("def add(a, b):\n    return", 0.0, 0),
+        ("The three primary colors are", 0.8, 7),
+        ("for i in range(10):\n    print(i)\nfor i in range(10):\n", 0.0, 0),
+        ("Once upon a time, in a small village,", 1.0, 42),
+    ]
+    .iter()
+    .map(|(p, t, seed)| json!({"prompt": p, "max_tokens": 32, "temperature": t, "seed": seed}))
+    .collect();
+    let alone: Vec<Value> = together
+        .iter()
+        .map(|body| {
+            let (code, v) = post(&s, "/v1/completions", &body.to_string());
+            assert_eq!(code, 200, "{v}");
+            v["choices"][0]["text"].clone()
+        })
+        .collect();
+
     // streaming: the pieces add up to the same text, then a finish chunk, usage and [DONE]
     let events = stream(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}));
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -193,6 +213,24 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert_eq!(text, expected);
     drop(s);
     let s = drafting;
+
+    // Several requests at once share each verification batch (one slot each), and each answer is
+    // what that request got alone from plain decoding.
+    let (steps, sequences) = (metric(&s, "ibid_verify_steps_total"), metric(&s, "ibid_batch_sequences_total"));
+    let handles: Vec<_> = together
+        .iter()
+        .map(|body| {
+            let (url, body) = (s.url.clone(), body.to_string());
+            std::thread::spawn(move || {
+                let v: Value = ureq::post(&format!("{url}/v1/completions")).send_string(&body).unwrap().into_json().unwrap();
+                v["choices"][0]["text"].clone()
+            })
+        })
+        .collect();
+    let answers: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(answers, alone, "concurrent drafted answers differ from plain ones");
+    let (steps, sequences) = (metric(&s, "ibid_verify_steps_total") - steps, metric(&s, "ibid_batch_sequences_total") - sequences);
+    assert!(sequences > 1.5 * steps, "requests were not batched together: {sequences} sequences in {steps} steps");
 
     // bad input: a 4xx with an OpenAI-style error, and the server stays up
     let long_prompt = "word ".repeat(600);
@@ -261,7 +299,7 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     drop(s);
 
     // a full queue answers 503 at once
-    let s = start(&["--queue", "1", "--no-recycle-save"], cache.path());
+    let s = start(&["--queue", "1", "--parallel", "1", "--no-recycle-save"], cache.path());
     let body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0});
     let handles: Vec<_> = (0..4)
         .map(|_| {

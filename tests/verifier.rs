@@ -10,9 +10,10 @@ mod common;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use common::*;
-use ibid::generate::{generate, Drafter, GenerateOptions, NoDrafts};
+use ibid::generate::{generate, Drafter, GenerateOptions, Generation, NoDrafts};
 use ibid::model::Model;
 use ibid::verify::sampling::{argmax, distribution, top2};
+use ibid::verify::session::SlotStep;
 use ibid::verify::{walk, Chooser, DraftTree, SamplingParams, Session, SessionOptions, StepOutcome};
 
 fn model() -> &'static Model {
@@ -27,7 +28,7 @@ fn lock() -> MutexGuard<'static, ()> {
 
 fn session() -> Session<'static> {
     exact_kernels();
-    Session::new(model(), SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32 }).unwrap()
+    Session::new(model(), SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32, slots: 1 }).unwrap()
 }
 
 /// The suite runs on the exact kernels; say so plainly when the build does not have them.
@@ -239,7 +240,7 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
 fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
     let _l = lock();
     exact_kernels();
-    let options = SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64 };
+    let options = SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64, slots: 1 };
     let mut s = Session::new(model(), options).unwrap();
     let text = std::fs::read_to_string(stdlib().join("argparse.py")).unwrap();
     let all = model().tokenize_prompt(&text);
@@ -296,7 +297,7 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
 fn speculative_output_equals_plain_output_token_for_token() {
     let _l = lock();
     exact_kernels();
-    let options = SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32 };
+    let options = SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32, slots: 1 };
     let mut s = Session::new(model(), options).unwrap();
     let n = 128;
     let sampled = |seed: u64| GenerateOptions {
@@ -328,6 +329,100 @@ fn speculative_output_equals_plain_output_token_for_token() {
     );
     assert!(steps_saved > 50 * 32, "drafts should save many steps: {steps_saved}");
     assert!(s.compactions() > 25, "the rejected cells should have filled the cache: {}", s.compactions());
+}
+
+/// Several sequences verified in one batch (one slot each, as the server runs requests) give each
+/// the output it has alone: 12 prompts × 64 tokens through 3 slots, greedy and sampled, slots
+/// refilled as generations end, drafts with right and wrong branches, in a cache that the rejected
+/// cells and released slots fill often enough to be compacted with other slots live.
+#[test]
+fn slots_verified_in_one_batch_each_equal_plain_output() {
+    let _l = lock();
+    exact_kernels();
+    let n = 64;
+    let options_of = |p: usize| {
+        if p % 2 == 0 {
+            greedy(n, 12)
+        } else {
+            GenerateOptions {
+                max_tokens: n,
+                sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 0.9, seed: 77 + p as u64 },
+                budget: 12,
+                stop_at_eog: false,
+            }
+        }
+    };
+    let prompts = many_prompts(12);
+    let mut alone = session();
+    let plain: Vec<Vec<u32>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(p, prompt)| generate(&mut alone, prompt, &mut NoDrafts, &GenerateOptions { budget: 0, ..options_of(p) }, |_| true).unwrap().tokens)
+        .collect();
+    drop(alone);
+
+    let options = SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3 };
+    let mut s = Session::new(model(), options).unwrap();
+    struct Job {
+        prompt: usize,
+        slot: usize,
+        generation: Generation,
+        drafter: Mixed,
+    }
+    let mut next = 0;
+    let mut running: Vec<Job> = Vec::new();
+    let mut outputs: Vec<Option<Vec<u32>>> = vec![None; prompts.len()];
+    let mut shared_steps = 0;
+    while next < prompts.len() || !running.is_empty() {
+        while running.len() < 3 && next < prompts.len() {
+            let slot = (0..3).find(|slot| running.iter().all(|j| j.slot != *slot)).unwrap();
+            s.prefill_slot(slot, &prompts[next]).unwrap();
+            running.push(Job {
+                prompt: next,
+                slot,
+                generation: Generation::new(prompts[next].len(), &options_of(next), 0.0).unwrap(),
+                drafter: Mixed {
+                    oracle: Oracle { prompt_len: prompts[next].len(), truth: plain[next].clone(), chain: 8 },
+                    random: Random { state: 500 + next as u64 },
+                },
+            });
+            next += 1;
+        }
+        let trees: Vec<DraftTree> = running
+            .iter_mut()
+            .map(|j| {
+                let budget = j.generation.budget(s.slot_len(j.slot), 700).unwrap();
+                let mut t = if budget > 0 { j.drafter.draft(&s.slot_tokens(j.slot), budget) } else { DraftTree::new() };
+                t.truncate(budget.min(t.len()));
+                t
+            })
+            .collect();
+        let mut work: Vec<SlotStep<'_>> = running
+            .iter_mut()
+            .zip(&trees)
+            .map(|(j, tree)| SlotStep { slot: j.slot, tree, chooser: &mut j.generation.chooser })
+            .collect();
+        let outcomes = s.step_slots(&mut work, |_, _, _| {}).unwrap();
+        drop(work);
+        shared_steps += usize::from(running.len() > 1);
+        for ((j, tree), outcome) in running.iter_mut().zip(&trees).zip(&outcomes) {
+            j.generation.absorb(model(), tree.len(), outcome, |_| true);
+        }
+        for j in running.iter().filter(|j| j.generation.is_done()) {
+            s.release(j.slot).unwrap();
+        }
+        let (done, still): (Vec<Job>, Vec<Job>) = running.into_iter().partition(|j| j.generation.is_done());
+        running = still;
+        for j in done {
+            outputs[j.prompt] = Some(j.generation.finish().tokens);
+        }
+    }
+    for (p, out) in outputs.iter().enumerate() {
+        assert_eq!(out.as_ref().unwrap(), &plain[p], "prompt {p}: output with other slots in the batch differs from plain");
+    }
+    eprintln!("{shared_steps} shared steps, {} compactions", s.compactions());
+    assert!(shared_steps > 40, "slots should have shared batches: {shared_steps}");
+    assert!(s.compactions() >= 3, "the cache should have been compacted with slots live: {}", s.compactions());
 }
 
 /// Chi-square statistic of observed counts against expected probabilities (bins with small
@@ -483,7 +578,7 @@ fn bad_input_is_an_error() {
     assert!(Model::load(dir.path().join("missing.gguf")).unwrap_err().to_string().contains("no such file"));
     assert!(Model::load(&not_gguf).unwrap_err().to_string().contains("GGUF"));
 
-    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4 }).unwrap();
+    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, slots: 1 }).unwrap();
     assert!(s.prefill(&[]).unwrap_err().to_string().contains("empty"));
     let long: Vec<u32> = (0..100).map(|i| 100 + i).collect();
     assert!(s.prefill(&long).unwrap_err().to_string().contains("more than the context"));

@@ -5,8 +5,10 @@
 use crate::calibrate::CostCurve;
 
 pub struct Budget {
-    /// Cost of a batch of n + 1 tokens relative to 1, for n = 0..=max.
+    /// Cost of a batch of n + 1 tokens relative to 1, for n = 0..=max_batch - 1.
     relative: Vec<f64>,
+    /// Most nodes in one tree.
+    max: usize,
     steps: u64,
 }
 
@@ -21,7 +23,13 @@ const DEFAULT_CURVE: [(usize, f64); 16] = [
 pub const MAX_AUTO_BUDGET: usize = 48;
 
 impl Budget {
+    /// Trees of at most `max` nodes, one per step.
     pub fn new(curve: Option<&CostCurve>, max: usize) -> Self {
+        Self::for_slots(curve, max, 1)
+    }
+
+    /// Trees of at most `max` nodes for each of up to `slots` sequences verified in one batch.
+    pub fn for_slots(curve: Option<&CostCurve>, max: usize, slots: usize) -> Self {
         let default = CostCurve {
             model_file: String::new(),
             model_bytes: 0,
@@ -30,13 +38,13 @@ impl Budget {
             seconds: DEFAULT_CURVE.to_vec(),
         };
         let curve = curve.unwrap_or(&default);
-        let relative = (0..=max).map(|n| curve.relative(n + 1).max(1.0)).collect();
-        Budget { relative, steps: 0 }
+        let relative = (0..slots.max(1) * (max + 1)).map(|n| curve.relative(n + 1).max(1.0)).collect();
+        Budget { relative, max, steps: 0 }
     }
 
-    /// The most nodes this budget ever allows.
+    /// The most nodes this budget ever allows in one tree.
     pub fn max(&self) -> usize {
-        self.relative.len() - 1
+        self.max
     }
 
     /// Expected tokens per step with the first `k` nodes (path probabilities `path_p`, best
@@ -48,14 +56,41 @@ impl Budget {
     /// How many of the nodes (best first) to verify; every 8th step at least 1, so that the
     /// sources keep learning when drafting does not pay.
     pub fn choose(&mut self, path_p: &[f64]) -> usize {
+        self.choose_joint(&[path_p])[0]
+    }
+
+    /// How many nodes of each tree to verify when the trees of several sequences share one batch
+    /// (each `path_p` best first): the cut that maximizes expected tokens of all sequences per
+    /// unit of the whole batch's cost. Nodes enter best first across trees, so each tree keeps a
+    /// prefix of its order. Every 8th step at least one node, as in [`Self::choose`].
+    pub fn choose_joint(&mut self, path_ps: &[&[f64]]) -> Vec<usize> {
         self.steps += 1;
-        let n = path_p.len().min(self.max());
-        let best = (0..=n).max_by(|&a, &b| self.value(path_p, a).total_cmp(&self.value(path_p, b))).unwrap_or(0);
-        if best == 0 && n > 0 && self.steps % 8 == 0 {
-            1
-        } else {
-            best
+        let m = path_ps.len();
+        let mut counts = vec![0usize; m];
+        if m == 0 {
+            return counts;
         }
+        let room = self.relative.len().saturating_sub(m);
+        // Every node as (probability, tree), best first; ties keep tree order.
+        let mut all: Vec<(f64, usize)> =
+            path_ps.iter().enumerate().flat_map(|(t, p)| p.iter().take(self.max).map(move |&q| (q, t))).collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        all.truncate(room);
+        let (mut best, mut best_value, mut sum) = (0, m as f64 / self.relative[m - 1], m as f64);
+        for (n, &(p, _)) in all.iter().enumerate() {
+            sum += p;
+            let value = sum / self.relative[m + n];
+            if value > best_value {
+                (best, best_value) = (n + 1, value);
+            }
+        }
+        for &(_, t) in &all[..best] {
+            counts[t] += 1;
+        }
+        if best == 0 && !all.is_empty() && self.steps % 8 == 0 {
+            counts[all[0].1] = 1;
+        }
+        counts
     }
 }
 
@@ -78,5 +113,41 @@ mod tests {
         let mut b = Budget::new(None, 16);
         let chosen: Vec<usize> = (0..16).map(|_| b.choose(&hopeless)).collect();
         assert_eq!(chosen.iter().filter(|&&k| k == 1).count(), 2);
+    }
+
+    #[test]
+    fn joint_budget_matches_brute_force_and_keeps_prefixes() {
+        let curve = CostCurve {
+            model_file: String::new(),
+            model_bytes: 0,
+            threads: 1,
+            context_tokens: 0,
+            seconds: DEFAULT_CURVE.to_vec(),
+        };
+        let trees: Vec<Vec<f64>> = vec![vec![0.95, 0.9, 0.85, 0.2], vec![0.3, 0.1], vec![0.99, 0.97, 0.96, 0.9, 0.6, 0.3]];
+        let views: Vec<&[f64]> = trees.iter().map(Vec::as_slice).collect();
+        let mut b = Budget::for_slots(Some(&curve), 8, 3);
+        let chosen = b.choose_joint(&views);
+        // brute force over every combination of prefixes
+        let value = |c: &[usize]| {
+            let tokens: f64 = c.iter().zip(&trees).map(|(&k, t)| 1.0 + t[..k].iter().sum::<f64>()).sum();
+            tokens / curve.relative(3 + c.iter().sum::<usize>())
+        };
+        let mut best = (0.0, vec![]);
+        for a in 0..=4 {
+            for b2 in 0..=2 {
+                for c in 0..=6 {
+                    let v = value(&[a, b2, c]);
+                    if v > best.0 + 1e-12 {
+                        best = (v, vec![a, b2, c]);
+                    }
+                }
+            }
+        }
+        assert!((value(&chosen) - best.0).abs() < 1e-9, "{chosen:?} vs {:?}", best.1);
+        // one tree alone: the same as choose
+        let mut single = Budget::for_slots(Some(&curve), 8, 3);
+        let mut plain = Budget::new(Some(&curve), 8);
+        assert_eq!(single.choose_joint(&[&trees[2]]), vec![plain.choose(&trees[2])]);
     }
 }

@@ -241,6 +241,47 @@ impl<'a> Combined<'a> {
         first
     }
 
+    /// Up to `max_nodes` nodes in one tree, best first by estimated path probability, for the
+    /// caller to cut (see [`Budget::choose_joint`]); [`Drafter::draft`] cuts with `self.budget`.
+    pub fn rank(&mut self, context: &[u32], max_nodes: usize) -> Ranked {
+        let (mut nodes, roots) = self.trie(context);
+        normalize_siblings(&mut nodes, &roots);
+        for n in 0..nodes.len() {
+            let children = nodes[n].children.clone();
+            normalize_siblings(&mut nodes, &children);
+        }
+        // Best first by path probability; a child never beats its parent, so parents come first.
+        let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
+        let mut ranked = Ranked::default();
+        while ranked.tree.len() < max_nodes {
+            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else { break };
+            let (p, n, parent) = open.swap_remove(best);
+            let id = ranked.tree.push(parent, nodes[n].token, nodes[n].source);
+            debug_assert_eq!(ranked.tree.depth(id), nodes[n].depth);
+            ranked.path_p.push(p);
+            ranked.raw.push(nodes[n].raw);
+            open.extend(nodes[n].children.iter().map(|&c| (p * nodes[c].q, c, Some(id))));
+        }
+        ranked
+    }
+
+    /// Learn from a verification step of a tree made by [`Self::rank`] (`raw`: its estimates,
+    /// cut like the tree): acceptance per source, the calibration, and each source's own lessons.
+    pub fn observe_ranked(&mut self, tree: &DraftTree, raw: &[f64], outcome: &StepOutcome) {
+        let accepted = count_by_source(tree, outcome, &mut self.stats);
+        for node in 0..tree.len() {
+            let s = tree.source(node) as usize;
+            if s < self.stats.len() && tree.parent(node).is_none_or(|p| accepted[p]) {
+                if let Some(&raw) = raw.get(node) {
+                    self.calibration.record(s, raw, tree.depth(node), accepted[node]);
+                }
+            }
+        }
+        for (i, p) in self.proposers.iter_mut().enumerate() {
+            p.observe(tree, outcome, i as SourceId);
+        }
+    }
+
     /// All candidates of all sources in one trie (children of the root have `parent: None`).
     fn trie(&mut self, context: &[u32]) -> (Vec<TrieNode>, Vec<usize>) {
         let mut nodes: Vec<TrieNode> = Vec::new();
@@ -279,6 +320,39 @@ impl<'a> Combined<'a> {
     }
 }
 
+/// A merged tree before its cut: nodes best first, with their path probabilities and their
+/// sources' raw estimates.
+#[derive(Debug, Clone, Default)]
+pub struct Ranked {
+    pub tree: DraftTree,
+    pub path_p: Vec<f64>,
+    pub raw: Vec<f64>,
+}
+
+impl Ranked {
+    /// Keep the best `keep` nodes (a child never comes before its parent).
+    pub fn truncate(&mut self, keep: usize) {
+        self.tree.truncate(keep);
+        self.path_p.truncate(keep);
+        self.raw.truncate(keep);
+    }
+}
+
+/// Add a step's draft and accepted tokens to `stats`, per source; returns which nodes were accepted.
+pub fn count_by_source(tree: &DraftTree, outcome: &StepOutcome, stats: &mut [SourceStats]) -> Vec<bool> {
+    let mut accepted = vec![false; tree.len()];
+    for &n in &outcome.accepted {
+        accepted[n] = true;
+    }
+    for node in 0..tree.len() {
+        if let Some(s) = stats.get_mut(tree.source(node) as usize) {
+            s.drafted += 1;
+            s.accepted += u64::from(accepted[node]);
+        }
+    }
+    accepted
+}
+
 /// Siblings exclude each other, so their probabilities cannot sum past 1: the likeliest keeps its
 /// estimate and each next one gets at most what is left.
 fn normalize_siblings(nodes: &mut [TrieNode], siblings: &[usize]) {
@@ -297,53 +371,17 @@ impl Drafter for Combined<'_> {
     }
 
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
-        let (mut nodes, roots) = self.trie(context);
-        normalize_siblings(&mut nodes, &roots);
-        for n in 0..nodes.len() {
-            let children = nodes[n].children.clone();
-            normalize_siblings(&mut nodes, &children);
-        }
-        // Best first by path probability; a child never beats its parent, so parents come first.
-        let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
-        let mut tree = DraftTree::new();
-        let mut path_p: Vec<f64> = Vec::new();
-        let mut raw: Vec<f64> = Vec::new();
-        while tree.len() < budget {
-            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else { break };
-            let (p, n, parent) = open.swap_remove(best);
-            let id = tree.push(parent, nodes[n].token, nodes[n].source);
-            debug_assert_eq!(tree.depth(id), nodes[n].depth);
-            path_p.push(p);
-            raw.push(nodes[n].raw);
-            open.extend(nodes[n].children.iter().map(|&c| (p * nodes[c].q, c, Some(id))));
-        }
-        let keep = self.budget.as_mut().map_or(tree.len(), |b| b.choose(&path_p));
-        tree.truncate(keep);
-        raw.truncate(keep);
+        let mut ranked = self.rank(context, budget);
+        let keep = self.budget.as_mut().map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
+        ranked.truncate(keep);
         self.budgets.push(keep);
-        self.last_raw = raw;
-        tree
+        self.last_raw = ranked.raw;
+        ranked.tree
     }
 
     fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome) {
-        let mut accepted = vec![false; tree.len()];
-        for &n in &outcome.accepted {
-            accepted[n] = true;
-        }
-        for node in 0..tree.len() {
-            let s = tree.source(node) as usize;
-            let Some(stats) = self.stats.get_mut(s) else { continue };
-            stats.drafted += 1;
-            stats.accepted += u64::from(accepted[node]);
-            if tree.parent(node).is_none_or(|p| accepted[p]) {
-                if let Some(&raw) = self.last_raw.get(node) {
-                    self.calibration.record(s, raw, tree.depth(node), accepted[node]);
-                }
-            }
-        }
-        for (i, p) in self.proposers.iter_mut().enumerate() {
-            p.observe(tree, outcome, i as SourceId);
-        }
+        let raw = std::mem::take(&mut self.last_raw);
+        self.observe_ranked(tree, &raw, outcome);
     }
 
     fn wants_logits(&self) -> bool {

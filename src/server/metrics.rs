@@ -11,6 +11,7 @@ pub struct Metrics {
     pub completion_tokens: IntCounter,
     pub decode_seconds: prometheus::Counter,
     pub verify_steps: IntCounter,
+    pub batch_sequences: IntCounter,
     pub last_tokens_per_second: Gauge,
     pub draft_tokens: IntCounterVec,
     pub accepted_tokens: IntCounterVec,
@@ -25,15 +26,16 @@ impl Metrics {
         let requests = IntCounterVec::new(Opts::new("requests_total", "HTTP requests by route and status"), &["route", "status"]).expect("valid");
         let prompt_tokens = IntCounter::new("prompt_tokens_total", "Prompt tokens processed").expect("valid");
         let completion_tokens = IntCounter::new("completion_tokens_total", "Tokens generated").expect("valid");
-        let decode_seconds = prometheus::Counter::new("decode_seconds_total", "Time spent decoding (prompt excluded)").expect("valid");
-        let verify_steps = IntCounter::new("verify_steps_total", "Verification batches (one per step)").expect("valid");
+        let decode_seconds = prometheus::Counter::new("decode_seconds_total", "Time spent in verification batches (prompts excluded)").expect("valid");
+        let verify_steps = IntCounter::new("verify_steps_total", "Verification batches (one per step, shared by the running generations)").expect("valid");
+        let batch_sequences = IntCounter::new("batch_sequences_total", "Generations verified, summed over batches (several share one batch)").expect("valid");
         let last_tokens_per_second = Gauge::new("last_tokens_per_second", "Decode speed of the last generation").expect("valid");
         let draft_tokens = IntCounterVec::new(Opts::new("draft_tokens_total", "Draft tokens verified, by source"), &["source"]).expect("valid");
         let accepted_tokens = IntCounterVec::new(Opts::new("accepted_tokens_total", "Draft tokens accepted, by source"), &["source"]).expect("valid");
         let cancelled = IntCounter::new("cancelled_total", "Generations ended because the client left").expect("valid");
         let timeouts = IntCounter::new("timeouts_total", "Requests that ran past their deadline").expect("valid");
         let queue_depth = prometheus::IntGauge::new("queue_depth", "Generation requests waiting").expect("valid");
-        for c in [&prompt_tokens, &completion_tokens, &verify_steps, &cancelled, &timeouts] {
+        for c in [&prompt_tokens, &completion_tokens, &verify_steps, &batch_sequences, &cancelled, &timeouts] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry.register(Box::new(requests.clone())).expect("unique");
@@ -49,6 +51,7 @@ impl Metrics {
             completion_tokens,
             decode_seconds,
             verify_steps,
+            batch_sequences,
             last_tokens_per_second,
             draft_tokens,
             accepted_tokens,
@@ -58,12 +61,11 @@ impl Metrics {
         }
     }
 
-    /// One generation: its report and, per draft source, (name, drafted, accepted) tokens.
+    /// One generation: its report and, per draft source, (name, drafted, accepted) tokens. Decode
+    /// time and steps are counted by the worker per batch, which several generations share.
     pub fn record_generation(&self, report: &GenerateReport, sources: &[(String, u64, u64)]) {
         self.prompt_tokens.inc_by(report.prompt_tokens as u64);
         self.completion_tokens.inc_by(report.tokens.len() as u64);
-        self.decode_seconds.inc_by(report.decode_s);
-        self.verify_steps.inc_by(report.steps as u64);
         self.last_tokens_per_second.set(report.tokens_per_s());
         for (name, drafted, accepted) in sources {
             self.draft_tokens.with_label_values(&[name]).inc_by(*drafted);
@@ -79,13 +81,14 @@ impl Metrics {
         let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
         let tokens = self.completion_tokens.get() as f64;
         let secs = self.decode_seconds.get();
-        let steps = self.verify_steps.get() as f64;
+        // Per generation's step: a batch that verifies several generations is a step of each.
+        let steps = self.batch_sequences.get() as f64;
         text += &format!(
             "# HELP ibid_tokens_per_second Tokens generated per second of decoding, since start\n# TYPE ibid_tokens_per_second gauge\nibid_tokens_per_second {}\n",
             if secs > 0.0 { tokens / secs } else { 0.0 }
         );
         text += &format!(
-            "# HELP ibid_tokens_per_step Mean tokens emitted per verification step, since start\n# TYPE ibid_tokens_per_step gauge\nibid_tokens_per_step {}\n",
+            "# HELP ibid_tokens_per_step Mean tokens a generation gains per verification step, since start\n# TYPE ibid_tokens_per_step gauge\nibid_tokens_per_step {}\n",
             if steps > 0.0 { tokens / steps } else { 0.0 }
         );
         text

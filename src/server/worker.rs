@@ -1,7 +1,8 @@
 //! The generation worker: one thread owns the llama.cpp session and the drafters and serves jobs
-//! from a bounded first-come-first-served queue, one at a time. Handlers never touch the model's
-//! context; they send a job and read its events. A client that leaves (its receiver dropped), a
-//! stop string or the job's deadline ends a generation at the next token.
+//! from a bounded first-come-first-served queue, up to one per slot at a time: every step drafts a
+//! tree for each running job and verifies all of them in one batch. Handlers never touch the
+//! model's context; they send a job and read its events. A client that leaves (its receiver
+//! dropped), a stop string or the job's deadline ends a generation at the next token.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::draft::{Budget, Combined, ContextDrafter, IndexDrafter, Proposer, RecycleDrafter};
-use crate::generate::{generate, GenerateOptions, StopReason};
+use crate::draft::{count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, Proposer, Ranked, RecycleDrafter, SourceStats};
+use crate::generate::{Drafter, GenerateOptions, Generation, StopReason};
+use crate::verify::session::SlotStep;
 use crate::index::Index;
 use crate::model::{Model, TextStream};
 use crate::server::metrics::Metrics;
@@ -125,7 +127,10 @@ impl StopFilter {
 }
 
 pub struct WorkerConfig {
+    /// The shared session: `slots` jobs at once, `n_ctx` cells for all of them.
     pub session: SessionOptions,
+    /// Tokens one job may hold (prompt, output and a draft tree).
+    pub request_ctx: usize,
     pub sources: DraftSources,
     /// Largest tree per step; the budget picks the size up to this.
     pub max_budget: usize,
@@ -173,22 +178,61 @@ pub fn spawn(
                 proposers.push(Box::new(r));
             }
             let mut drafter = Combined::new(proposers);
-            if config.max_budget > 0 {
-                drafter.budget = Some(Budget::new(curve.as_ref(), config.max_budget));
-            }
-            while let Some(job) = rx.blocking_recv() {
-                waiting.fetch_sub(1, Ordering::Relaxed);
-                if job.events.is_closed() {
-                    metrics.cancelled.inc();
+            let mut budget = Budget::for_slots(curve.as_ref(), config.max_budget, config.session.slots as usize);
+            let slots = config.session.slots as usize;
+            let mut running: Vec<Running> = Vec::new();
+            let mut open = true;
+            while open || !running.is_empty() {
+                // Fill free slots from the queue; wait for a job only when nothing runs.
+                while open && running.len() < slots {
+                    let job = if running.is_empty() {
+                        rx.blocking_recv()
+                    } else {
+                        match rx.try_recv() {
+                            Ok(job) => Some(job),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        }
+                    };
+                    let Some(job) = job else {
+                        open = false;
+                        break;
+                    };
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    let slot = (0..slots).find(|s| running.iter().all(|r| r.slot != *s)).expect("a slot is free");
+                    if let Some(r) = start_job(&mut session, slot, job, drafter.stats.len(), &metrics) {
+                        running.push(r);
+                    }
+                }
+                if running.is_empty() {
                     continue;
                 }
-                if Instant::now() >= job.deadline {
-                    let _ = job.events.send(Event::Failed("the request timed out while queued".into()));
-                    metrics.timeouts.inc();
-                    continue;
+                let started = Instant::now();
+                match step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx) {
+                    Ok(()) => {
+                        metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
+                        metrics.verify_steps.inc();
+                        metrics.batch_sequences.inc_by(running.len() as u64);
+                    }
+                    Err(e) => {
+                        for r in &mut running {
+                            let _ = r.events.send(Event::Failed(e.to_string()));
+                            (r.generation, r.done) = (None, true);
+                        }
+                    }
                 }
-                drafter.budgets.clear();
-                run_job(&model, &mut session, &mut drafter, job, &metrics);
+                for r in running.iter_mut().filter(|r| r.done) {
+                    if let Err(e) = session.release(r.slot) {
+                        tracing::warn!("cannot free slot {}: {e}", r.slot);
+                        session.reset();
+                    }
+                }
+                let (finished, still): (Vec<Running>, Vec<Running>) = running.into_iter().partition(|r| r.done);
+                running = still;
+                let names = drafter.source_names();
+                for r in finished {
+                    r.finish(&names, &metrics);
+                }
             }
             if let Err(e) = drafter.finish() {
                 tracing::warn!("cannot save the recycling matrix: {e}");
@@ -201,64 +245,147 @@ pub fn spawn(
     Ok((queue, handle))
 }
 
-fn run_job(model: &Model, session: &mut Session<'_>, drafter: &mut Combined<'_>, job: Job, metrics: &Metrics) {
-    let mut text = TextStream::default();
-    let mut stop = StopFilter::new(job.stop);
-    let mut timed_out = false;
-    let mut stopped = false;
-    let events = job.events;
-    let before = drafter.stats.clone();
-    let result = generate(session, &job.prompt, drafter, &job.options, |t| {
-        let (out, hit) = stop.push(&text.push(model, t));
-        if !out.is_empty() && events.send(Event::Text(out)).is_err() {
-            return false; // the client left
-        }
-        if hit {
-            stopped = true;
-            return false;
-        }
-        if Instant::now() >= job.deadline {
-            timed_out = true;
-            return false;
-        }
-        true
-    });
-    match result {
-        Ok(report) => {
-            if !stopped {
-                let rest = stop.push(&text.finish()).0 + &stop.finish();
-                if !rest.is_empty() {
-                    let _ = events.send(Event::Text(rest));
-                }
-            }
-            let finish = match report.stop {
-                StopReason::MaxTokens => Finish::Length,
-                StopReason::EndOfGeneration => Finish::Stop,
-                StopReason::Caller if timed_out => Finish::Timeout,
-                StopReason::Caller => Finish::Stop,
-            };
-            if events.is_closed() {
-                metrics.cancelled.inc();
-            }
-            if timed_out {
-                metrics.timeouts.inc();
-            }
-            let per_source: Vec<(String, u64, u64)> = drafter
-                .source_names()
-                .into_iter()
-                .zip(drafter.stats.iter().zip(&before))
-                .map(|(name, (now, then))| (name, now.drafted - then.drafted, now.accepted - then.accepted))
-                .collect();
-            metrics.record_generation(&report, &per_source);
-            let _ = events.send(Event::Done {
-                finish,
-                prompt_tokens: report.prompt_tokens,
-                completion_tokens: report.tokens.len(),
-            });
-        }
+/// A job in a slot of the session.
+struct Running {
+    slot: usize,
+    generation: Option<Generation>,
+    text: TextStream,
+    stop: StopFilter,
+    events: mpsc::UnboundedSender<Event>,
+    deadline: Instant,
+    stopped: bool,
+    timed_out: bool,
+    /// Its draft and accepted tokens per source.
+    sources: Vec<SourceStats>,
+    /// Over, by its end or by an error already sent.
+    done: bool,
+}
+
+/// Prefill `job`'s prompt into `slot`, unless it no longer needs an answer.
+fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, metrics: &Metrics) -> Option<Running> {
+    if job.events.is_closed() {
+        metrics.cancelled.inc();
+        return None;
+    }
+    if Instant::now() >= job.deadline {
+        let _ = job.events.send(Event::Failed("the request timed out while queued".into()));
+        metrics.timeouts.inc();
+        return None;
+    }
+    if job.options.max_tokens == 0 {
+        let _ = job.events.send(Event::Failed("max_tokens must be at least 1".into()));
+        return None;
+    }
+    let started = Instant::now();
+    let generation = session
+        .prefill_slot(slot, &job.prompt)
+        .and_then(|()| Generation::new(job.prompt.len(), &job.options, started.elapsed().as_secs_f64()));
+    match generation {
+        Ok(generation) => Some(Running {
+            slot,
+            done: false,
+            generation: Some(generation),
+            text: TextStream::default(),
+            stop: StopFilter::new(job.stop),
+            events: job.events,
+            deadline: job.deadline,
+            stopped: false,
+            timed_out: false,
+            sources: vec![SourceStats::default(); sources],
+        }),
         Err(e) => {
-            let _ = events.send(Event::Failed(e.to_string()));
+            let _ = session.release(slot);
+            let _ = job.events.send(Event::Failed(e.to_string()));
+            None
         }
+    }
+}
+
+/// One verification step for every running job: draft each tree, cut them together by the
+/// batch's cost, verify all in one batch, and pass each job its tokens.
+fn step(
+    model: &Model,
+    session: &mut Session<'_>,
+    drafter: &mut Combined<'_>,
+    budget: &mut Budget,
+    running: &mut [Running],
+    request_ctx: usize,
+) -> crate::Result<()> {
+    let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
+    for r in running.iter() {
+        let generation = r.generation.as_ref().expect("a running job has a generation");
+        let most = generation.budget(session.slot_len(r.slot), request_ctx)?.min(budget.max());
+        ranked.push(if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() });
+    }
+    let path_ps: Vec<&[f64]> = ranked.iter().map(|r| r.path_p.as_slice()).collect();
+    let cuts = budget.choose_joint(&path_ps);
+    for (r, keep) in ranked.iter_mut().zip(cuts) {
+        r.truncate(keep);
+    }
+    let pendings: Vec<u32> = running.iter().map(|r| session.slot_pending(r.slot).expect("prefilled")).collect();
+    let mut work: Vec<SlotStep<'_>> = running
+        .iter_mut()
+        .zip(&ranked)
+        .map(|(r, k)| SlotStep { slot: r.slot, tree: &k.tree, chooser: &mut r.generation.as_mut().expect("running").chooser })
+        .collect();
+    let wants_logits = drafter.wants_logits();
+    let outcomes = session.step_slots(&mut work, |i, node, logits| {
+        if wants_logits {
+            drafter.observe_logits(node.map_or(pendings[i], |n| ranked[i].tree.token(n)), logits);
+        }
+    })?;
+    drop(work);
+    for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
+        drafter.observe_ranked(&k.tree, &k.raw, outcome);
+        count_by_source(&k.tree, outcome, &mut r.sources);
+        let Running { generation, text, stop, events, deadline, stopped, timed_out, .. } = r;
+        let generation = generation.as_mut().expect("running");
+        r.done = generation.absorb(model, k.tree.len(), outcome, |t| {
+            let (out, hit) = stop.push(&text.push(model, t));
+            if !out.is_empty() && events.send(Event::Text(out)).is_err() {
+                return false; // the client left
+            }
+            if hit {
+                *stopped = true;
+                return false;
+            }
+            if Instant::now() >= *deadline {
+                *timed_out = true;
+                return false;
+            }
+            true
+        });
+    }
+    Ok(())
+}
+
+impl Running {
+    /// The job is over: the rest of its text, its metrics and its `Done` event (unless it failed).
+    fn finish(mut self, source_names: &[String], metrics: &Metrics) {
+        let Some(generation) = self.generation.take() else { return }; // failed; the error was sent
+        let report = generation.finish();
+        if !self.stopped {
+            let rest = self.stop.push(&self.text.finish()).0 + &self.stop.finish();
+            if !rest.is_empty() {
+                let _ = self.events.send(Event::Text(rest));
+            }
+        }
+        let finish = match report.stop {
+            StopReason::MaxTokens => Finish::Length,
+            StopReason::EndOfGeneration => Finish::Stop,
+            StopReason::Caller if self.timed_out => Finish::Timeout,
+            StopReason::Caller => Finish::Stop,
+        };
+        if self.events.is_closed() {
+            metrics.cancelled.inc();
+        }
+        if self.timed_out {
+            metrics.timeouts.inc();
+        }
+        let per_source: Vec<(String, u64, u64)> =
+            source_names.iter().zip(&self.sources).map(|(name, s)| (name.clone(), s.drafted, s.accepted)).collect();
+        metrics.record_generation(&report, &per_source);
+        let _ = self.events.send(Event::Done { finish, prompt_tokens: report.prompt_tokens, completion_tokens: report.tokens.len() });
     }
 }
 

@@ -24,6 +24,9 @@ pub struct SessionOptions {
     pub n_batch: u32,
     /// Most root-to-leaf paths in a draft tree.
     pub max_sequences: u32,
+    /// Independent sequences (requests) the context holds at once, each verified in the same
+    /// batch as the others; `slots × max_sequences` must stay below [`MAX_SEQUENCES`].
+    pub slots: u32,
 }
 
 impl Default for SessionOptions {
@@ -33,6 +36,7 @@ impl Default for SessionOptions {
             n_ctx: 4096,
             n_batch: 128,
             max_sequences: 64,
+            slots: 1,
         }
     }
 }
@@ -74,16 +78,29 @@ pub struct StepOutcome {
     pub batch_tokens: usize,
 }
 
+/// One sequence of a session: a request's tokens.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// Tokens whose keys and values are in the cache (the slot's first sequence id).
+    committed: Vec<u32>,
+    /// The last token: chosen, not yet decoded.
+    pending: Option<u32>,
+}
+
+/// One slot's share of a batched verification step.
+pub struct SlotStep<'a> {
+    pub slot: usize,
+    pub tree: &'a DraftTree,
+    pub chooser: &'a mut Chooser,
+}
+
 pub struct Session<'m> {
     model: &'m Model,
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     options: SessionOptions,
-    /// Tokens whose keys and values are in the cache (sequence 0).
-    committed: Vec<u32>,
-    /// The last token: chosen, not yet decoded.
-    pending: Option<u32>,
-    /// Cells that hold rejected draft nodes (see [`Session::keep_path`]).
+    slots: Vec<Slot>,
+    /// Cells that hold rejected draft nodes and released slots (see [`Session::keep_path`]).
     retired: usize,
     /// How often the cache was compacted.
     compactions: usize,
@@ -95,25 +112,35 @@ fn llama_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, options: SessionOptions) -> Result<Self> {
-        if options.max_sequences == 0 || options.max_sequences >= MAX_SEQUENCES {
-            return Err(Error::Invalid(format!("max_sequences must be in 1..{MAX_SEQUENCES}")));
+        if options.max_sequences == 0 || options.slots == 0 || options.slots * options.max_sequences >= MAX_SEQUENCES {
+            return Err(Error::Invalid(format!(
+                "slots × max_sequences must be in 1..{MAX_SEQUENCES}, not {} × {}",
+                options.slots, options.max_sequences
+            )));
         }
         if options.n_batch < 2 || options.n_ctx < 8 {
             return Err(Error::Invalid("n_batch must be at least 2 and n_ctx at least 8".into()));
+        }
+        // llama.cpp keeps room for one output per sequence in every batch.
+        if options.n_batch <= options.slots * options.max_sequences {
+            return Err(Error::Invalid(format!(
+                "n_batch ({}) must exceed slots × max_sequences ({} × {})",
+                options.n_batch, options.slots, options.max_sequences
+            )));
         }
         let threads = options.threads.clamp(1, 512) as i32;
         let params = LlamaContextParams::default()
             .with_n_ctx(std::num::NonZeroU32::new(options.n_ctx))
             .with_n_batch(options.n_batch)
             .with_n_ubatch(options.n_batch)
-            // One more sequence holds the retired draft cells.
-            .with_n_seq_max(options.max_sequences + 1)
+            // One more sequence holds the retired cells.
+            .with_n_seq_max(options.slots * options.max_sequences + 1)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             // Sequences share one cache, so a tree's branches see the committed context.
             .with_kv_unified(true)
             // Flash attention skips masked cells and visits the rest in cell order, so a tree
-            // node attends to its ancestors exactly as a chain would.
+            // node attends to its ancestors exactly as a chain would, whatever else is cached.
             .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED);
         // A V cache of another type than K keeps flash attention on its one-row-at-a-time path
         // (llama.cpp casts F32 to F16, so BF16). It accumulates in F32, where F16 V accumulates in F16.
@@ -130,8 +157,7 @@ impl<'m> Session<'m> {
             ctx,
             batch: LlamaBatch::new(options.n_batch as usize, options.max_sequences as i32),
             options,
-            committed: Vec::new(),
-            pending: None,
+            slots: vec![Slot::default(); options.slots as usize],
             retired: 0,
             compactions: 0,
         })
@@ -145,32 +171,62 @@ impl<'m> Session<'m> {
         &self.options
     }
 
-    /// Forget everything: an empty cache.
+    /// Forget everything: an empty cache, every slot free.
     pub fn reset(&mut self) {
         self.ctx.clear_kv_cache();
-        self.committed.clear();
-        self.pending = None;
+        self.slots.iter_mut().for_each(|s| *s = Slot::default());
         self.retired = 0;
     }
 
-    /// Every token so far: committed ones and the pending one.
+    /// Every token so far of slot 0: committed ones and the pending one.
     pub fn tokens(&self) -> Vec<u32> {
-        let mut t = self.committed.clone();
-        t.extend(self.pending);
+        self.slot_tokens(0)
+    }
+
+    /// Every token so far of `slot`.
+    pub fn slot_tokens(&self, slot: usize) -> Vec<u32> {
+        let s = &self.slots[slot];
+        let mut t = s.committed.clone();
+        t.extend(s.pending);
         t
     }
 
-    /// The token the next step starts from (the last one so far).
+    /// The token slot 0's next step starts from (the last one so far).
     pub fn pending(&self) -> Option<u32> {
-        self.pending
+        self.slots[0].pending
+    }
+
+    /// The token `slot`'s next step starts from.
+    pub fn slot_pending(&self, slot: usize) -> Option<u32> {
+        self.slots[slot].pending
     }
 
     pub fn len(&self) -> usize {
-        self.committed.len() + usize::from(self.pending.is_some())
+        self.slot_len(0)
+    }
+
+    pub fn slot_len(&self, slot: usize) -> usize {
+        let s = &self.slots[slot];
+        s.committed.len() + usize::from(s.pending.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether `slot` holds nothing (a prompt can be prefilled there).
+    pub fn slot_is_free(&self, slot: usize) -> bool {
+        self.slot_len(slot) == 0
+    }
+
+    /// Cells in use: every slot's committed tokens and the retired cells.
+    fn used_cells(&self) -> usize {
+        self.retired + self.slots.iter().map(|s| s.committed.len()).sum::<usize>()
+    }
+
+    /// The first sequence id of `slot`: its committed tokens; the next ids are its tree's branches.
+    fn seq_base(&self, slot: usize) -> i32 {
+        (slot as u32 * self.options.max_sequences) as i32
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -181,160 +237,254 @@ impl<'m> Session<'m> {
         }
     }
 
-    /// Start from `prompt`: every token but the last is decoded in chunks of `n_batch` (the same
-    /// chunks whatever comes next, so plain and speculative runs see the same cache); the last one
-    /// becomes the pending token.
+    /// Start from `prompt` in slot 0 of an emptied cache (see [`Self::prefill_slot`]).
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         self.reset();
+        self.prefill_slot(0, prompt)
+    }
+
+    /// Start `slot` (which must be free) from `prompt`: every token but the last is decoded in
+    /// chunks of `n_batch`; the last one becomes the pending token. The other slots are untouched.
+    pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<()> {
+        if slot >= self.slots.len() {
+            return Err(Error::Invalid(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
+        }
+        if !self.slot_is_free(slot) {
+            return Err(Error::Invalid(format!("slot {slot} is in use")));
+        }
         let Some((&last, head)) = prompt.split_last() else {
             return Err(Error::Invalid("the prompt is empty".into()));
         };
         self.check_tokens(prompt)?;
-        if prompt.len() + 1 > self.options.n_ctx as usize {
-            return Err(Error::Invalid(format!(
-                "the prompt has {} tokens, more than the context of {} allows",
-                prompt.len(),
-                self.options.n_ctx
-            )));
+        let n_ctx = self.options.n_ctx as usize;
+        if prompt.len() + 1 > n_ctx {
+            return Err(Error::Invalid(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
         }
+        if self.used_cells() + prompt.len() + 1 > n_ctx {
+            self.compact()?;
+            if self.used_cells() + prompt.len() + 1 > n_ctx {
+                return Err(Error::Invalid(format!("the context of {n_ctx} tokens has no room for {} more", prompt.len())));
+            }
+        }
+        let seq = self.seq_base(slot);
         for chunk in head.chunks(self.options.n_batch as usize) {
             self.batch.clear();
-            let start = self.committed.len();
+            let start = self.slots[slot].committed.len();
             for (i, &t) in chunk.iter().enumerate() {
                 self.batch
-                    .add(LlamaToken(t as i32), (start + i) as i32, &[0], false)
+                    .add(LlamaToken(t as i32), (start + i) as i32, &[seq], false)
                     .map_err(|e| llama_err("batch", e))?;
             }
-            self.ctx.decode(&mut self.batch).map_err(|e| llama_err("decoding the prompt", e))?;
-            self.committed.extend_from_slice(chunk);
+            if let Err(e) = self.ctx.decode(&mut self.batch) {
+                self.release(slot)?;
+                return Err(llama_err("decoding the prompt", e));
+            }
+            self.slots[slot].committed.extend_from_slice(chunk);
         }
-        self.pending = Some(last);
+        self.slots[slot].pending = Some(last);
         Ok(())
     }
 
-    /// Verify a draft tree in one batch: the pending token and every node, each node at position
-    /// `context length + depth`, tagged with the sequence id of every root-to-leaf path through it.
-    /// `inspect` sees the logits of the root (`None`) and of each node before the walk. The walk
-    /// chooses a token at the root; while a child carries the chosen token it moves there and
-    /// chooses again. The cache keeps exactly the accepted path.
+    /// Free `slot` for another prompt. Its cells are retired, not freed, so that the other slots'
+    /// next tokens still land after their earlier ones (see [`Self::keep_path`]).
+    pub fn release(&mut self, slot: usize) -> Result<()> {
+        let seq = self.seq_base(slot);
+        let n = self.slots[slot].committed.len();
+        if n > 0 {
+            let retired = self.retired_seq();
+            self.ctx.kv_cache_seq_cp(seq, retired, None, None).map_err(|e| llama_err("retiring a slot", e))?;
+            self.ctx.kv_cache_seq_rm(seq, None, None).map_err(|e| llama_err("retiring a slot", e))?;
+            self.retired += n;
+        }
+        self.slots[slot] = Slot::default();
+        Ok(())
+    }
+
+    /// Verify a draft tree for slot 0 in one batch: see [`Self::step_slots`].
     pub fn step(
         &mut self,
         tree: &DraftTree,
         chooser: &mut Chooser,
         mut inspect: impl FnMut(Option<usize>, &[f32]),
     ) -> Result<StepOutcome> {
-        let pending = self.pending.ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
-        let tokens: Vec<u32> = (0..tree.len()).map(|i| tree.token(i)).collect();
-        self.check_tokens(&tokens)?;
-        let base = self.committed.len();
-        if base + 1 + tree.max_depth() + 1 > self.options.n_ctx as usize {
-            return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
+        let mut work = [SlotStep { slot: 0, tree, chooser }];
+        let mut out = self.step_slots(&mut work, |_, node, logits| inspect(node, logits))?;
+        Ok(out.remove(0))
+    }
+
+    /// Verify the draft trees of several slots in one batch: per slot, its pending token and every
+    /// node, each node at position `slot length + depth`, tagged with the sequence id of every
+    /// root-to-leaf path through it (ids of that slot's range). `inspect` sees the logits of each
+    /// slot's root (`None`) and of each node, by index into `work`, before the walks. Each walk
+    /// chooses a token at the root; while a child carries the chosen token it moves there and
+    /// chooses again. The cache keeps exactly each slot's accepted path. A row's logits do not
+    /// depend on the rest of its batch (exact kernels), so each slot's output is what it would
+    /// have been alone.
+    pub fn step_slots(
+        &mut self,
+        work: &mut [SlotStep<'_>],
+        mut inspect: impl FnMut(usize, Option<usize>, &[f32]),
+    ) -> Result<Vec<StepOutcome>> {
+        let n_ctx = self.options.n_ctx as usize;
+        let mut batch_tokens = 0;
+        for (i, w) in work.iter().enumerate() {
+            let slot = self.slots.get(w.slot).ok_or_else(|| Error::Invalid(format!("slot {} does not exist", w.slot)))?;
+            if slot.pending.is_none() {
+                return Err(Error::Invalid("nothing to continue: prefill a prompt first".into()));
+            }
+            if work[..i].iter().any(|o| o.slot == w.slot) {
+                return Err(Error::Invalid(format!("slot {} appears twice in one step", w.slot)));
+            }
+            let tokens: Vec<u32> = (0..w.tree.len()).map(|n| w.tree.token(n)).collect();
+            self.check_tokens(&tokens)?;
+            if slot.committed.len() + 1 + w.tree.max_depth() + 1 > n_ctx {
+                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
+            }
+            if w.tree.leaves().len() > self.options.max_sequences as usize {
+                return Err(Error::Invalid(format!(
+                    "a draft tree of {} paths is more than the {} sequences of this session",
+                    w.tree.leaves().len(),
+                    self.options.max_sequences
+                )));
+            }
+            batch_tokens += 1 + w.tree.len();
         }
-        if 1 + tree.len() > self.options.n_batch as usize {
+        if batch_tokens > self.options.n_batch as usize {
             return Err(Error::Invalid(format!(
-                "a draft tree of {} nodes does not fit a batch of {}",
-                tree.len(),
+                "draft trees of {} nodes in all do not fit a batch of {}",
+                batch_tokens - work.len(),
                 self.options.n_batch
             )));
         }
-        if base + self.retired + 1 + tree.len() > self.options.n_ctx as usize {
+        if self.used_cells() + batch_tokens > n_ctx {
             self.compact()?;
-        }
-        if base + 1 + tree.len() > self.options.n_ctx as usize {
-            return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
-        }
-        let leaves = tree.leaves();
-        let n_seq = leaves.len().max(1);
-        if n_seq > self.options.max_sequences as usize {
-            return Err(Error::Invalid(format!(
-                "a draft tree of {} paths is more than the {} sequences of this session",
-                leaves.len(),
-                self.options.max_sequences
-            )));
-        }
-        // Sequence ids of each node: the leaves below it. Nodes are stored parents first.
-        let mut seqs: Vec<Vec<i32>> = vec![Vec::new(); tree.len()];
-        for (s, &leaf) in leaves.iter().enumerate() {
-            let mut cur = Some(leaf);
-            while let Some(n) = cur {
-                seqs[n].push(s as i32);
-                cur = tree.parent(n);
+            if self.used_cells() + batch_tokens > n_ctx {
+                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
             }
         }
-        for s in 1..n_seq {
-            self.ctx
-                .copy_kv_cache_seq(0, s as i32, None, None)
-                .map_err(|e| llama_err("sharing the context with a branch", e))?;
-        }
-        let all: Vec<i32> = (0..n_seq as i32).collect();
+
         self.batch.clear();
-        self.batch.add(LlamaToken(pending as i32), base as i32, &all, true).map_err(|e| llama_err("batch", e))?;
-        for (i, &t) in tokens.iter().enumerate() {
-            self.batch
-                .add(LlamaToken(t as i32), (base + tree.depth(i)) as i32, &seqs[i], true)
-                .map_err(|e| llama_err("batch", e))?;
+        // Per slot: its first row in the batch, its paths' count, and each node's sequence ids.
+        let mut layout: Vec<(usize, usize, Vec<Vec<i32>>)> = Vec::with_capacity(work.len());
+        for w in work.iter() {
+            let (tree, base_seq) = (w.tree, self.seq_base(w.slot));
+            let slot = &self.slots[w.slot];
+            let base = slot.committed.len();
+            let leaves = tree.leaves();
+            let n_seq = leaves.len().max(1);
+            // Sequence ids of each node: the leaves below it. Nodes are stored parents first.
+            let mut seqs: Vec<Vec<i32>> = vec![Vec::new(); tree.len()];
+            for (s, &leaf) in leaves.iter().enumerate() {
+                let mut cur = Some(leaf);
+                while let Some(n) = cur {
+                    seqs[n].push(base_seq + s as i32);
+                    cur = tree.parent(n);
+                }
+            }
+            for s in 1..n_seq as i32 {
+                self.ctx
+                    .copy_kv_cache_seq(base_seq, base_seq + s, None, None)
+                    .map_err(|e| llama_err("sharing the context with a branch", e))?;
+            }
+            let first_row = self.batch.n_tokens() as usize;
+            let all: Vec<i32> = (base_seq..base_seq + n_seq as i32).collect();
+            let pending = slot.pending.expect("checked above");
+            self.batch.add(LlamaToken(pending as i32), base as i32, &all, true).map_err(|e| llama_err("batch", e))?;
+            for (n, node_seqs) in seqs.iter().enumerate() {
+                self.batch
+                    .add(LlamaToken(tree.token(n) as i32), (base + tree.depth(n)) as i32, node_seqs, true)
+                    .map_err(|e| llama_err("batch", e))?;
+            }
+            layout.push((first_row, n_seq, seqs));
         }
-        self.ctx.decode(&mut self.batch).map_err(|e| llama_err("decoding a draft tree", e))?;
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            for (w, (_, n_seq, _)) in work.iter().zip(&layout) {
+                let base_seq = self.seq_base(w.slot);
+                let base = self.slots[w.slot].committed.len() as u32;
+                for s in 0..*n_seq as i32 {
+                    let _ = self.ctx.kv_cache_seq_rm(base_seq + s, Some(if s == 0 { base } else { 0 }), None);
+                }
+            }
+            return Err(llama_err("decoding a draft tree", e));
+        }
 
-        inspect(None, self.ctx.get_logits_ith(0));
-        for i in 0..tree.len() {
-            inspect(Some(i), self.ctx.get_logits_ith(i as i32 + 1));
+        let mut outcomes = Vec::with_capacity(work.len());
+        for (i, (w, (first_row, n_seq, seqs))) in work.iter_mut().zip(&layout).enumerate() {
+            let row = |node: Option<usize>| (first_row + node.map_or(0, |c| c + 1)) as i32;
+            let tree = w.tree;
+            inspect(i, None, self.ctx.get_logits_ith(row(None)));
+            for n in 0..tree.len() {
+                inspect(i, Some(n), self.ctx.get_logits_ith(row(Some(n))));
+            }
+            let ctx = &self.ctx;
+            let mut out = walk(tree, w.chooser, |node| ctx.get_logits_ith(row(node)));
+            out.batch_tokens = 1 + tree.len();
+            let base = self.slots[w.slot].committed.len();
+            if !tree.is_empty() {
+                let keep = out.accepted.last().map_or(0, |&c| seqs[c][0] - self.seq_base(w.slot));
+                self.keep_path(w.slot, *n_seq, base, keep, out.accepted.len())?;
+                self.retired += tree.len() - out.accepted.len();
+            }
+            let slot = &mut self.slots[w.slot];
+            slot.committed.push(slot.pending.take().expect("checked above"));
+            slot.committed.extend(out.accepted.iter().map(|&n| tree.token(n)));
+            slot.pending = out.emitted.last().copied();
+            outcomes.push(out);
         }
-        let ctx = &self.ctx;
-        let mut out = walk(tree, chooser, |node| ctx.get_logits_ith(node.map_or(0, |c| c as i32 + 1)));
-        out.batch_tokens = 1 + tree.len();
-        let cur = out.accepted.last().copied();
-
-        let keep = cur.map_or(0, |c| seqs[c][0]);
-        if !tree.is_empty() {
-            self.keep_path(n_seq, base, keep, out.accepted.len())?;
-            self.retired += tree.len() - out.accepted.len();
-        }
-        self.committed.push(pending);
-        self.committed.extend(out.accepted.iter().map(|&n| tree.token(n)));
-        self.pending = out.emitted.last().copied();
-        Ok(out)
+        Ok(outcomes)
     }
 
-    /// After a tree step, sequence 0 holds the committed tokens, the pending one and the accepted
-    /// path (`depth` nodes of sequence `keep`), and nothing else does. The other nodes' cells move
-    /// to the retired sequence instead of being freed: llama.cpp puts new tokens into the first
-    /// free cells, and a freed cell before an accepted one would put a later token ahead of an
-    /// earlier one. Attention visits cells in order, so that alone would change the sums' order
-    /// and the logits. Retired cells are dropped by [`Self::compact`] when the cache fills up.
-    fn keep_path(&mut self, n_seq: usize, base: usize, keep: i32, depth: usize) -> Result<()> {
-        let retired = self.retired_seq();
+    /// After a tree step, the slot's first sequence holds its committed tokens, the pending one
+    /// and the accepted path (`depth` nodes of branch `keep`), and no other of its ids holds
+    /// anything. The other nodes' cells move to the retired sequence instead of being freed:
+    /// llama.cpp puts new tokens into the first free cells, and a freed cell before an accepted
+    /// one would put a later token ahead of an earlier one. Attention visits cells in order, so
+    /// that alone would change the sums' order and the logits. Retired cells are dropped by
+    /// [`Self::compact`] when the cache fills up.
+    fn keep_path(&mut self, slot: usize, n_seq: usize, base: usize, keep: i32, depth: usize) -> Result<()> {
+        let (retired, first) = (self.retired_seq(), self.seq_base(slot));
         let nodes = Some(base as u32 + 1);
         for s in 0..n_seq as i32 {
-            self.ctx.kv_cache_seq_cp(s, retired, nodes, None).map_err(|e| llama_err("retiring a draft tree", e))?;
+            self.ctx.kv_cache_seq_cp(first + s, retired, nodes, None).map_err(|e| llama_err("retiring a draft tree", e))?;
         }
         let cut = (base + 1 + depth) as u32;
         if keep != 0 {
-            self.ctx.kv_cache_seq_rm(0, nodes, None).map_err(|e| llama_err("trimming the cache", e))?;
-            self.ctx.kv_cache_seq_cp(keep, 0, nodes, Some(cut)).map_err(|e| llama_err("keeping the accepted path", e))?;
+            self.ctx.kv_cache_seq_rm(first, nodes, None).map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx
+                .kv_cache_seq_cp(first + keep, first, nodes, Some(cut))
+                .map_err(|e| llama_err("keeping the accepted path", e))?;
         } else {
-            self.ctx.kv_cache_seq_rm(0, Some(cut), None).map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx.kv_cache_seq_rm(first, Some(cut), None).map_err(|e| llama_err("trimming the cache", e))?;
         }
         for s in 1..n_seq as i32 {
-            self.ctx.kv_cache_seq_rm(s, None, None).map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx.kv_cache_seq_rm(first + s, None, None).map_err(|e| llama_err("trimming the cache", e))?;
         }
         Ok(())
     }
 
-    /// The sequence id that holds retired draft cells: one past the branches.
+    /// The sequence id that holds retired cells: one past every slot's range.
     fn retired_seq(&self) -> i32 {
-        self.options.max_sequences as i32
+        (self.options.slots * self.options.max_sequences) as i32
     }
 
-    /// Drop the retired cells and store sequence 0 again in cells 0, 1, 2, … in position order,
-    /// as plain decoding would have left it.
+    /// Drop the retired cells and store each slot's tokens again in consecutive cells in
+    /// position order, as plain decoding would have left them.
     fn compact(&mut self) -> Result<()> {
-        let state = self
-            .ctx
-            .state_seq_get(0, llama_cpp_2::context::session::LlamaStateSeqFlags::empty())
-            .map_err(|e| llama_err("saving the cache", e))?;
+        let mut saved = Vec::new();
+        for slot in 0..self.slots.len() {
+            if !self.slots[slot].committed.is_empty() {
+                let seq = self.seq_base(slot);
+                let state = self
+                    .ctx
+                    .state_seq_get(seq, llama_cpp_2::context::session::LlamaStateSeqFlags::empty())
+                    .map_err(|e| llama_err("saving the cache", e))?;
+                saved.push((seq, state));
+            }
+        }
         self.ctx.clear_kv_cache();
-        self.ctx.state_seq_set(&state, 0).map_err(|e| llama_err("restoring the cache", e))?;
+        for (seq, state) in saved {
+            self.ctx.state_seq_set(&state, seq).map_err(|e| llama_err("restoring the cache", e))?;
+        }
         self.retired = 0;
         self.compactions += 1;
         Ok(())
@@ -345,16 +495,16 @@ impl<'m> Session<'m> {
         self.compactions
     }
 
-    /// Decode the pending token and then `tokens` as one batch (or one token per batch), without
+    /// Decode slot 0's pending token and then `tokens` as one batch (or one token per batch), without
     /// keeping them; calls `read` with the logits after each of them (pending first).
     fn decode_chain(&mut self, tokens: &[u32], one_by_one: bool, mut read: impl FnMut(&[f32])) -> Result<()> {
-        let pending = self.pending.ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
+        let pending = self.slots[0].pending.ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
         self.check_tokens(tokens)?;
         if !one_by_one && tokens.len() + 1 > self.options.n_batch as usize {
             return Err(Error::Invalid(format!("at most {} tokens fit one batch", self.options.n_batch - 1)));
         }
         let per_batch = if one_by_one { 1 } else { tokens.len() + 1 };
-        let base = self.committed.len();
+        let base = self.slots[0].committed.len();
         if base + tokens.len() + 2 > self.options.n_ctx as usize {
             return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
         }
