@@ -12,6 +12,9 @@ use super::tree::DraftTree;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
+/// Retired cells are compacted away once there are more of them than this and than live cells.
+const COMPACT_AFTER: usize = 256;
+
 /// llama.cpp accepts at most this many sequences in one context.
 pub const MAX_SEQUENCES: u32 = 256;
 
@@ -356,7 +359,9 @@ impl<'m> Session<'m> {
                 self.options.n_batch
             )));
         }
-        if self.used_cells() + batch_tokens > n_ctx {
+        // Retired cells cost nothing in the sums (masked) but attention still scans them, so they
+        // are dropped once they outnumber the live ones, not only when the cache is full.
+        if self.used_cells() + batch_tokens > n_ctx || self.retired > (self.used_cells() - self.retired).max(COMPACT_AFTER) {
             self.compact()?;
             if self.used_cells() + batch_tokens > n_ctx {
                 return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
