@@ -9,7 +9,8 @@ Usage:
 Load: --clients concurrent clients, each sending its next greedy completion (128 new tokens) as soon
 as the last is answered, for --duration seconds (requests in flight then finish), cycling through
 the class's prompts from scripts/bench_generate.py (run that first: its prompts and indexes are
-reused). Servers: ibid serve --index <class index> (drafting on, the default), and llama-server
+reused). Servers: ibid serve --index <class index> (drafting on, the default, its cost curve from
+`ibid calibrate` first), and llama-server
 (from scripts/build_llama_tools.sh) with its default slots (-np auto: it batches concurrent
 requests) and flash attention on, --spec-type none and each n-gram mode. Reported per class and
 server: completion tokens/s over the run, p50 and p99 request latency, requests, errors.
@@ -31,9 +32,19 @@ from bench_generate import CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, md_t
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_ibid(model, cls, threads, logs):
-    port = free_port()
+def calibrate(model, threads):
+    """A cache folder holding ibid's cost curve for this machine, measured up to the largest batch
+    the server forms (4 slots x 49 tokens), as `ibid calibrate` leaves it for a user."""
     cache = tempfile.mkdtemp(prefix='ibid-bench-serve-')
+    sizes = '1,2,3,4,5,6,8,10,12,16,20,24,32,40,48,64,96,128,160,196'
+    subprocess.run([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'calibrate', '--model', model,
+                    '--sizes', sizes, '--batch', '200', '--reps', '3'],
+                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, 'XDG_CACHE_HOME': cache})
+    return cache
+
+
+def start_ibid(model, cls, threads, logs, cache):
+    port = free_port()
     err = open(os.path.join(logs, f'ibid-{cls}.err'), 'w')
     proc = subprocess.Popen([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'serve',
                              '--model', model, '--index', CLASS_INDEX[cls], '--addr', f'127.0.0.1:{port}',
@@ -65,13 +76,14 @@ def main():
     os.makedirs(logs, exist_ok=True)
     model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
                            text=True).stdout.strip()
+    cache = calibrate(model, args.threads)
     results, rows = {}, []
     for cls in args.classes.split(','):
         files = sorted(glob.glob(os.path.join(ROOT, args.prompts_from, f'{cls}-*.txt')))
         if not files:
             sys.exit(f'bench_serve: no {cls} prompts in {args.prompts_from}: run scripts/bench_generate.py first')
         requests = [(cls, open(f, encoding='utf-8').read(), 128) for f in files]
-        configs = [('ibid serve', lambda: start_ibid(model, cls, args.threads, logs))]
+        configs = [('ibid serve', lambda: start_ibid(model, cls, args.threads, logs, cache))]
         configs += [(f'llama-server {m}', lambda m=m: start_llama(model, m, args.threads, logs)) for m in SERVER_MODES]
         for name, start in configs:
             proc, url, err = start()

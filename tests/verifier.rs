@@ -331,58 +331,34 @@ fn speculative_output_equals_plain_output_token_for_token() {
     assert!(s.compactions() > 25, "the rejected cells should have filled the cache: {}", s.compactions());
 }
 
-/// Several sequences verified in one batch (one slot each, as the server runs requests) give each
-/// the output it has alone: 12 prompts × 64 tokens through 3 slots, greedy and sampled, slots
-/// refilled as generations end, drafts with right and wrong branches, in a cache that the rejected
-/// cells and released slots fill often enough to be compacted with other slots live.
-#[test]
-fn slots_verified_in_one_batch_each_equal_plain_output() {
-    let _l = lock();
-    exact_kernels();
-    let n = 64;
-    let options_of = |p: usize| {
-        if p % 2 == 0 {
-            greedy(n, 12)
-        } else {
-            GenerateOptions {
-                max_tokens: n,
-                sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 0.9, seed: 77 + p as u64 },
-                budget: 12,
-                stop_at_eog: false,
-            }
-        }
-    };
-    let prompts = many_prompts(12);
-    let mut alone = session();
-    let plain: Vec<Vec<u32>> = prompts
-        .iter()
-        .enumerate()
-        .map(|(p, prompt)| generate(&mut alone, prompt, &mut NoDrafts, &GenerateOptions { budget: 0, ..options_of(p) }, |_| true).unwrap().tokens)
-        .collect();
-    drop(alone);
+/// A generation in a slot of a shared session, as the server runs requests.
+struct SlotJob {
+    job: usize,
+    slot: usize,
+    generation: Generation,
+    drafter: Mixed,
+}
 
-    let options = SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3 };
-    let mut s = Session::new(model(), options).unwrap();
-    struct Job {
-        prompt: usize,
-        slot: usize,
-        generation: Generation,
-        drafter: Mixed,
-    }
-    let mut next = 0;
-    let mut running: Vec<Job> = Vec::new();
-    let mut outputs: Vec<Option<Vec<u32>>> = vec![None; prompts.len()];
-    let mut shared_steps = 0;
-    while next < prompts.len() || !running.is_empty() {
-        while running.len() < 3 && next < prompts.len() {
-            let slot = (0..3).find(|slot| running.iter().all(|j| j.slot != *slot)).unwrap();
-            s.prefill_slot(slot, &prompts[next]).unwrap();
-            running.push(Job {
-                prompt: next,
+/// Run `jobs` (prompt, options, the plain output for the oracle's drafts) through the session's
+/// slots, refilling a slot as soon as its generation ends, the way the server does. Returns each
+/// job's output, the steps that verified more than one slot, and the prompt tokens found cached.
+fn run_in_slots(s: &mut Session<'_>, jobs: &[(Vec<u32>, GenerateOptions, Vec<u32>)]) -> (Vec<Vec<u32>>, usize, usize) {
+    let slots = s.options().slots as usize;
+    let n_ctx = s.options().n_ctx as usize;
+    let (mut next, mut shared_steps, mut cached) = (0, 0, 0);
+    let mut running: Vec<SlotJob> = Vec::new();
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
+    while next < jobs.len() || !running.is_empty() {
+        while running.len() < slots && next < jobs.len() {
+            let (prompt, options, plain) = &jobs[next];
+            let slot = s.choose_slot(prompt).unwrap();
+            cached += s.prefill_slot(slot, prompt).unwrap();
+            running.push(SlotJob {
+                job: next,
                 slot,
-                generation: Generation::new(prompts[next].len(), &options_of(next), 0.0).unwrap(),
+                generation: Generation::new(prompt.len(), options, 0.0).unwrap(),
                 drafter: Mixed {
-                    oracle: Oracle { prompt_len: prompts[next].len(), truth: plain[next].clone(), chain: 8 },
+                    oracle: Oracle { prompt_len: prompt.len(), truth: plain.clone(), chain: 8 },
                     random: Random { state: 500 + next as u64 },
                 },
             });
@@ -391,7 +367,7 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
         let trees: Vec<DraftTree> = running
             .iter_mut()
             .map(|j| {
-                let budget = j.generation.budget(s.slot_len(j.slot), 700).unwrap();
+                let budget = j.generation.budget(s.slot_len(j.slot), n_ctx).unwrap();
                 let mut t = if budget > 0 { j.drafter.draft(&s.slot_tokens(j.slot), budget) } else { DraftTree::new() };
                 t.truncate(budget.min(t.len()));
                 t
@@ -409,20 +385,72 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
             j.generation.absorb(model(), tree.len(), outcome, |_| true);
         }
         for j in running.iter().filter(|j| j.generation.is_done()) {
-            s.release(j.slot).unwrap();
+            s.release(j.slot);
         }
-        let (done, still): (Vec<Job>, Vec<Job>) = running.into_iter().partition(|j| j.generation.is_done());
+        let (done, still): (Vec<SlotJob>, Vec<SlotJob>) = running.into_iter().partition(|j| j.generation.is_done());
         running = still;
         for j in done {
-            outputs[j.prompt] = Some(j.generation.finish().tokens);
+            outputs[j.job] = j.generation.finish().tokens;
         }
     }
+    (outputs, shared_steps, cached)
+}
+
+/// Several sequences verified in one batch (one slot each, as the server runs requests) give each
+/// the output it has alone: 12 jobs × 64 tokens through 3 slots, greedy and sampled, slots
+/// refilled as generations end, drafts with right and wrong branches, in a cache that the rejected
+/// cells fill often enough to be compacted with other slots live; then prompts that repeat or
+/// extend the cached ones start from the released slots' tokens, with the same outputs.
+#[test]
+fn slots_verified_in_one_batch_each_equal_plain_output() {
+    let _l = lock();
+    exact_kernels();
+    let n = 64;
+    let options_of = |p: usize| {
+        if p % 2 == 0 {
+            greedy(n, 12)
+        } else {
+            GenerateOptions {
+                max_tokens: n,
+                sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 0.9, seed: 77 + p as u64 },
+                budget: 12,
+                stop_at_eog: false,
+            }
+        }
+    };
+    let distinct = many_prompts(12);
+    let mut alone = session();
+    let mut plain = |prompt: &[u32], options: &GenerateOptions| {
+        generate(&mut alone, prompt, &mut NoDrafts, &GenerateOptions { budget: 0, ..*options }, |_| true).unwrap().tokens
+    };
+    let first: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = distinct
+        .iter()
+        .enumerate()
+        .map(|(p, prompt)| (prompt.clone(), options_of(p), plain(prompt, &options_of(p))))
+        .collect();
+    let options = SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3 };
+    let mut s = Session::new(model(), options).unwrap();
+    let (outputs, shared_steps, _) = run_in_slots(&mut s, &first);
     for (p, out) in outputs.iter().enumerate() {
-        assert_eq!(out.as_ref().unwrap(), &plain[p], "prompt {p}: output with other slots in the batch differs from plain");
+        assert_eq!(out, &first[p].2, "prompt {p}: output with other slots in the batch differs from plain");
     }
     eprintln!("{shared_steps} shared steps, {} compactions", s.compactions());
     assert!(shared_steps > 40, "slots should have shared batches: {shared_steps}");
     assert!(s.compactions() >= 3, "the cache should have been compacted with slots live: {}", s.compactions());
+
+    // The last three prompts are cached in the three slots: ask for them again (other options),
+    // one of them extended by more tokens.
+    let mut again: Vec<(Vec<u32>, GenerateOptions)> = (9..12).map(|p| (distinct[p].clone(), options_of(p + 1))).collect();
+    again[1].0.extend_from_slice(&distinct[0][1..30]);
+    let second: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> =
+        again.into_iter().map(|(prompt, options)| { let out = plain(&prompt, &options); (prompt, options, out) }).collect();
+    let (outputs, _, cached) = run_in_slots(&mut s, &second);
+    for (p, out) in outputs.iter().enumerate() {
+        assert_eq!(out, &second[p].2, "repeated prompt {p}: output from cached tokens differs from plain");
+    }
+    let prompt_tokens: usize = second.iter().map(|j| j.0.len() - 1).sum();
+    eprintln!("{cached} of {prompt_tokens} prompt tokens from the cache");
+    assert!(cached + 29 >= prompt_tokens, "the repeated prompts should start from cached tokens: {cached} of {prompt_tokens}");
 }
 
 /// Chi-square statistic of observed counts against expected probabilities (bins with small

@@ -12,11 +12,11 @@ pub struct Budget {
     steps: u64,
 }
 
-/// Relative batch costs measured on a 2-core machine (2 threads, Gemma 3 270M), used until
-/// `ibid calibrate` has run for the model.
-const DEFAULT_CURVE: [(usize, f64); 16] = [
-    (1, 1.0), (2, 1.32), (3, 2.11), (4, 1.91), (5, 2.77), (6, 2.40), (8, 2.90), (10, 3.38), (12, 4.01), (16, 4.96),
-    (20, 6.17), (24, 7.01), (32, 8.54), (40, 10.94), (48, 12.89), (64, 16.88),
+/// Relative batch costs measured on a 2-core machine (2 threads, Gemma 3 270M, exact kernels),
+/// used until `ibid calibrate` has run for the model.
+const DEFAULT_CURVE: [(usize, f64); 12] = [
+    (1, 1.0), (2, 1.22), (3, 1.73), (4, 1.67), (6, 1.96), (8, 2.28), (12, 2.74), (16, 3.33), (24, 4.5), (32, 5.67),
+    (48, 7.89), (64, 10.78),
 ];
 
 /// The largest tree `--budget auto` considers: long copies pay for long chains.

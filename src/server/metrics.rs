@@ -8,6 +8,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub prompt_tokens: IntCounter,
+    pub prompt_tokens_cached: IntCounter,
     pub completion_tokens: IntCounter,
     pub decode_seconds: prometheus::Counter,
     pub verify_steps: IntCounter,
@@ -25,6 +26,7 @@ impl Metrics {
         let registry = Registry::new_custom(Some("ibid".into()), None).expect("valid prefix");
         let requests = IntCounterVec::new(Opts::new("requests_total", "HTTP requests by route and status"), &["route", "status"]).expect("valid");
         let prompt_tokens = IntCounter::new("prompt_tokens_total", "Prompt tokens processed").expect("valid");
+        let prompt_tokens_cached = IntCounter::new("prompt_tokens_cached_total", "Prompt tokens found in the prompt cache (not decoded again)").expect("valid");
         let completion_tokens = IntCounter::new("completion_tokens_total", "Tokens generated").expect("valid");
         let decode_seconds = prometheus::Counter::new("decode_seconds_total", "Time spent in verification batches (prompts excluded)").expect("valid");
         let verify_steps = IntCounter::new("verify_steps_total", "Verification batches (one per step, shared by the running generations)").expect("valid");
@@ -35,7 +37,7 @@ impl Metrics {
         let cancelled = IntCounter::new("cancelled_total", "Generations ended because the client left").expect("valid");
         let timeouts = IntCounter::new("timeouts_total", "Requests that ran past their deadline").expect("valid");
         let queue_depth = prometheus::IntGauge::new("queue_depth", "Generation requests waiting").expect("valid");
-        for c in [&prompt_tokens, &completion_tokens, &verify_steps, &batch_sequences, &cancelled, &timeouts] {
+        for c in [&prompt_tokens, &prompt_tokens_cached, &completion_tokens, &verify_steps, &batch_sequences, &cancelled, &timeouts] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry.register(Box::new(requests.clone())).expect("unique");
@@ -48,6 +50,7 @@ impl Metrics {
             registry,
             requests,
             prompt_tokens,
+            prompt_tokens_cached,
             completion_tokens,
             decode_seconds,
             verify_steps,

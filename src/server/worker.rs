@@ -199,7 +199,8 @@ pub fn spawn(
                         break;
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
-                    let slot = (0..slots).find(|s| running.iter().all(|r| r.slot != *s)).expect("a slot is free");
+                    // The free slot whose cached tokens start this prompt, if any does.
+                    let slot = session.choose_slot(&job.prompt).expect("a slot is free");
                     if let Some(r) = start_job(&mut session, slot, job, drafter.stats.len(), &metrics) {
                         running.push(r);
                     }
@@ -221,11 +222,8 @@ pub fn spawn(
                         }
                     }
                 }
-                for r in running.iter_mut().filter(|r| r.done) {
-                    if let Err(e) = session.release(r.slot) {
-                        tracing::warn!("cannot free slot {}: {e}", r.slot);
-                        session.reset();
-                    }
+                for r in running.iter().filter(|r| r.done) {
+                    session.release(r.slot);
                 }
                 let (finished, still): (Vec<Running>, Vec<Running>) = running.into_iter().partition(|r| r.done);
                 running = still;
@@ -277,9 +275,10 @@ fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, m
         return None;
     }
     let started = Instant::now();
-    let generation = session
-        .prefill_slot(slot, &job.prompt)
-        .and_then(|()| Generation::new(job.prompt.len(), &job.options, started.elapsed().as_secs_f64()));
+    let generation = session.prefill_slot(slot, &job.prompt).and_then(|cached| {
+        metrics.prompt_tokens_cached.inc_by(cached as u64);
+        Generation::new(job.prompt.len(), &job.options, started.elapsed().as_secs_f64())
+    });
     match generation {
         Ok(generation) => Some(Running {
             slot,
@@ -294,7 +293,7 @@ fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, m
             sources: vec![SourceStats::default(); sources],
         }),
         Err(e) => {
-            let _ = session.release(slot);
+            session.release(slot);
             let _ = job.events.send(Event::Failed(e.to_string()));
             None
         }

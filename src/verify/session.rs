@@ -81,13 +81,16 @@ pub struct StepOutcome {
     pub batch_tokens: usize,
 }
 
-/// One sequence of a session: a request's tokens.
+/// One sequence of a session: a request's tokens. A released slot keeps its tokens in the cache
+/// (no pending token) as a prompt cache for the next prompt that starts the same way.
 #[derive(Debug, Clone, Default)]
 struct Slot {
     /// Tokens whose keys and values are in the cache (the slot's first sequence id).
     committed: Vec<u32>,
-    /// The last token: chosen, not yet decoded.
+    /// The last token: chosen, not yet decoded. `None` for a free slot.
     pending: Option<u32>,
+    /// When it was last released (for evicting the oldest prompt cache first).
+    released_at: u64,
 }
 
 /// One slot's share of a batched verification step.
@@ -107,6 +110,13 @@ pub struct Session<'m> {
     retired: usize,
     /// How often the cache was compacted.
     compactions: usize,
+    /// Slots released so far (a clock for evicting prompt caches).
+    releases: u64,
+}
+
+/// How many tokens `a` and `b` share at their start.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn llama_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -163,6 +173,7 @@ impl<'m> Session<'m> {
             slots: vec![Slot::default(); options.slots as usize],
             retired: 0,
             compactions: 0,
+            releases: 0,
         })
     }
 
@@ -217,14 +228,59 @@ impl<'m> Session<'m> {
         self.len() == 0
     }
 
-    /// Whether `slot` holds nothing (a prompt can be prefilled there).
+    /// Whether `slot` runs no generation (a prompt can be prefilled there).
     pub fn slot_is_free(&self, slot: usize) -> bool {
-        self.slot_len(slot) == 0
+        self.slots[slot].pending.is_none()
     }
 
-    /// Cells in use: every slot's committed tokens and the retired cells.
+    /// The free slot whose cached tokens share the longest start with `prompt` (an empty slot
+    /// before another slot's cache when none does), or `None` when every slot runs.
+    pub fn choose_slot(&self, prompt: &[u32]) -> Option<usize> {
+        let head = prompt.split_last().map_or(&[][..], |(_, head)| head);
+        (0..self.slots.len())
+            .filter(|&s| self.slot_is_free(s))
+            .max_by_key(|&s| (common_prefix(&self.slots[s].committed, head), std::cmp::Reverse(self.slots[s].committed.len())))
+    }
+
+    /// Cells in use: every slot's committed tokens (cached ones too) and the retired cells.
     fn used_cells(&self) -> usize {
         self.retired + self.slots.iter().map(|s| s.committed.len()).sum::<usize>()
+    }
+
+    /// Make room for `needed` more cells: compact when the cache is full or mostly retired cells
+    /// (masked, so they change no sum, but attention still scans them), and drop prompt caches,
+    /// oldest first, when that is not enough.
+    fn make_room(&mut self, needed: usize) -> Result<()> {
+        let n_ctx = self.options.n_ctx as usize;
+        let mut live = self.used_cells() - self.retired;
+        if live + self.retired + needed <= n_ctx && self.retired <= live.max(COMPACT_AFTER) {
+            return Ok(());
+        }
+        while live + needed > n_ctx {
+            let idle = (0..self.slots.len())
+                .filter(|&s| self.slot_is_free(s) && !self.slots[s].committed.is_empty())
+                .min_by_key(|&s| self.slots[s].released_at);
+            let Some(idle) = idle else {
+                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
+            };
+            live -= self.slots[idle].committed.len();
+            self.retire_from(idle, 0)?;
+        }
+        self.compact()
+    }
+
+    /// Move `slot`'s cells from position `keep` on to the retired sequence.
+    fn retire_from(&mut self, slot: usize, keep: usize) -> Result<()> {
+        let (seq, retired) = (self.seq_base(slot), self.retired_seq());
+        let n = self.slots[slot].committed.len();
+        if keep < n {
+            let from = Some(keep as u32);
+            self.ctx.kv_cache_seq_cp(seq, retired, from, None).map_err(|e| llama_err("retiring cells", e))?;
+            self.ctx.kv_cache_seq_rm(seq, from, None).map_err(|e| llama_err("retiring cells", e))?;
+            self.retired += n - keep;
+            self.slots[slot].committed.truncate(keep);
+        }
+        Ok(())
     }
 
     /// The first sequence id of `slot`: its committed tokens; the next ids are its tree's branches.
@@ -243,12 +299,15 @@ impl<'m> Session<'m> {
     /// Start from `prompt` in slot 0 of an emptied cache (see [`Self::prefill_slot`]).
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<()> {
         self.reset();
-        self.prefill_slot(0, prompt)
+        self.prefill_slot(0, prompt).map(drop)
     }
 
-    /// Start `slot` (which must be free) from `prompt`: every token but the last is decoded in
-    /// chunks of `n_batch`; the last one becomes the pending token. The other slots are untouched.
-    pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<()> {
+    /// Start `slot` (which must be free) from `prompt`: every token but the last goes into the
+    /// cache, in chunks of `n_batch`; the last one becomes the pending token. The slot's cached
+    /// tokens that start the prompt are kept (the same tokens at the same positions give the
+    /// same keys and values, bit for bit); the rest are retired. The other slots are untouched.
+    /// Returns how many prompt tokens came from the cache.
+    pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
         if slot >= self.slots.len() {
             return Err(Error::Invalid(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
         }
@@ -263,14 +322,14 @@ impl<'m> Session<'m> {
         if prompt.len() + 1 > n_ctx {
             return Err(Error::Invalid(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
         }
-        if self.used_cells() + prompt.len() + 1 > n_ctx {
-            self.compact()?;
-            if self.used_cells() + prompt.len() + 1 > n_ctx {
-                return Err(Error::Invalid(format!("the context of {n_ctx} tokens has no room for {} more", prompt.len())));
-            }
-        }
         let seq = self.seq_base(slot);
-        for chunk in head.chunks(self.options.n_batch as usize) {
+        // Sliding-window layers may have dropped a long sequence's early cells; reuse only a
+        // sequence that still has all of them.
+        let whole = self.slots[slot].committed.is_empty() || self.ctx.kv_cache_seq_pos_min(seq) == 0;
+        let keep = if whole { common_prefix(&self.slots[slot].committed, head) } else { 0 };
+        self.retire_from(slot, keep)?;
+        self.make_room(head.len() - keep + 1)?;
+        for chunk in head[keep..].chunks(self.options.n_batch as usize) {
             self.batch.clear();
             let start = self.slots[slot].committed.len();
             for (i, &t) in chunk.iter().enumerate() {
@@ -279,28 +338,22 @@ impl<'m> Session<'m> {
                     .map_err(|e| llama_err("batch", e))?;
             }
             if let Err(e) = self.ctx.decode(&mut self.batch) {
-                self.release(slot)?;
+                self.retire_from(slot, 0)?;
                 return Err(llama_err("decoding the prompt", e));
             }
             self.slots[slot].committed.extend_from_slice(chunk);
         }
         self.slots[slot].pending = Some(last);
-        Ok(())
+        Ok(keep)
     }
 
-    /// Free `slot` for another prompt. Its cells are retired, not freed, so that the other slots'
-    /// next tokens still land after their earlier ones (see [`Self::keep_path`]).
-    pub fn release(&mut self, slot: usize) -> Result<()> {
-        let seq = self.seq_base(slot);
-        let n = self.slots[slot].committed.len();
-        if n > 0 {
-            let retired = self.retired_seq();
-            self.ctx.kv_cache_seq_cp(seq, retired, None, None).map_err(|e| llama_err("retiring a slot", e))?;
-            self.ctx.kv_cache_seq_rm(seq, None, None).map_err(|e| llama_err("retiring a slot", e))?;
-            self.retired += n;
-        }
-        self.slots[slot] = Slot::default();
-        Ok(())
+    /// End `slot`'s generation. Its tokens stay cached for a later prompt that starts the same
+    /// way ([`Self::choose_slot`]) until room is needed.
+    pub fn release(&mut self, slot: usize) {
+        self.releases += 1;
+        let s = &mut self.slots[slot];
+        s.pending = None;
+        s.released_at = self.releases;
     }
 
     /// Verify a draft tree for slot 0 in one batch: see [`Self::step_slots`].
@@ -359,14 +412,7 @@ impl<'m> Session<'m> {
                 self.options.n_batch
             )));
         }
-        // Retired cells cost nothing in the sums (masked) but attention still scans them, so they
-        // are dropped once they outnumber the live ones, not only when the cache is full.
-        if self.used_cells() + batch_tokens > n_ctx || self.retired > (self.used_cells() - self.retired).max(COMPACT_AFTER) {
-            self.compact()?;
-            if self.used_cells() + batch_tokens > n_ctx {
-                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
-            }
-        }
+        self.make_room(batch_tokens)?;
 
         self.batch.clear();
         // Per slot: its first row in the batch, its paths' count, and each node's sequence ids.
@@ -472,7 +518,7 @@ impl<'m> Session<'m> {
         (self.options.slots * self.options.max_sequences) as i32
     }
 
-    /// Drop the retired cells and store each slot's tokens again in consecutive cells in
+    /// Drop the retired cells and store each slot's tokens (cached ones too) again in consecutive cells in
     /// position order, as plain decoding would have left them.
     fn compact(&mut self) -> Result<()> {
         let mut saved = Vec::new();
