@@ -732,15 +732,18 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
         None => None,
     };
     let metrics = Arc::new(ibid::server::Metrics::new());
-    // One cache for all slots; each slot's trees use its own range of sequence ids.
+    // One cache for all slots, each slot's trees on its own range of sequence ids (as many as a
+    // tree may have paths), and finished requests kept as cached prompts on the ids left.
     let mut session = args.model.session_options(threads);
     let n_ctx = session.n_ctx as usize;
-    session.slots = args.parallel;
-    // A tree has at most as many paths as nodes.
-    let max_budget = ibid::draft::MAX_AUTO_BUDGET.min(((ibid::verify::session::MAX_SEQUENCES - 1) / args.parallel) as usize);
-    session.max_sequences = max_budget as u32;
-    session.n_ctx = session.n_ctx.saturating_mul(args.parallel);
-    session.n_batch = session.n_batch.max(args.parallel * (1 + max_budget as u32));
+    let parallel = args.parallel;
+    let max_budget = ibid::draft::MAX_AUTO_BUDGET;
+    session.slots = parallel;
+    session.max_sequences = (160 / parallel).min(32);
+    session.cached_prompts = 32;
+    session.n_ctx = session.n_ctx.saturating_mul(parallel);
+    let sequences = parallel * session.max_sequences + session.cached_prompts;
+    session.n_batch = session.n_batch.max(parallel * (1 + max_budget as u32)).max(sequences + 1);
     let config = ibid::server::WorkerConfig { session, request_ctx: n_ctx, sources, max_budget, queue: args.queue };
     let (queue, worker) = ibid::server::worker::spawn(model.clone(), index.clone(), recycle, config, metrics.clone())?;
     let name = args.name.clone().unwrap_or_else(|| {

@@ -28,7 +28,7 @@ fn lock() -> MutexGuard<'static, ()> {
 
 fn session() -> Session<'static> {
     exact_kernels();
-    Session::new(model(), SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32, slots: 1 }).unwrap()
+    Session::new(model(), SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32, slots: 1, cached_prompts: 0 }).unwrap()
 }
 
 /// The suite runs on the exact kernels; say so plainly when the build does not have them.
@@ -240,7 +240,7 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
 fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
     let _l = lock();
     exact_kernels();
-    let options = SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64, slots: 1 };
+    let options = SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64, slots: 1, cached_prompts: 0 };
     let mut s = Session::new(model(), options).unwrap();
     let text = std::fs::read_to_string(stdlib().join("argparse.py")).unwrap();
     let all = model().tokenize_prompt(&text);
@@ -297,7 +297,7 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
 fn speculative_output_equals_plain_output_token_for_token() {
     let _l = lock();
     exact_kernels();
-    let options = SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32, slots: 1 };
+    let options = SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32, slots: 1, cached_prompts: 0 };
     let mut s = Session::new(model(), options).unwrap();
     let n = 128;
     let sampled = |seed: u64| GenerateOptions {
@@ -351,7 +351,7 @@ fn run_in_slots(s: &mut Session<'_>, jobs: &[(Vec<u32>, GenerateOptions, Vec<u32
     while next < jobs.len() || !running.is_empty() {
         while running.len() < slots && next < jobs.len() {
             let (prompt, options, plain) = &jobs[next];
-            let slot = s.choose_slot(prompt).unwrap();
+            let slot = s.free_slot().unwrap();
             cached += s.prefill_slot(slot, prompt).unwrap();
             running.push(SlotJob {
                 job: next,
@@ -385,7 +385,7 @@ fn run_in_slots(s: &mut Session<'_>, jobs: &[(Vec<u32>, GenerateOptions, Vec<u32
             j.generation.absorb(model(), tree.len(), outcome, |_| true);
         }
         for j in running.iter().filter(|j| j.generation.is_done()) {
-            s.release(j.slot);
+            s.release(j.slot).unwrap();
         }
         let (done, still): (Vec<SlotJob>, Vec<SlotJob>) = running.into_iter().partition(|j| j.generation.is_done());
         running = still;
@@ -428,7 +428,7 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
         .enumerate()
         .map(|(p, prompt)| (prompt.clone(), options_of(p), plain(prompt, &options_of(p))))
         .collect();
-    let options = SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3 };
+    let options = SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3, cached_prompts: 6 };
     let mut s = Session::new(model(), options).unwrap();
     let (outputs, shared_steps, _) = run_in_slots(&mut s, &first);
     for (p, out) in outputs.iter().enumerate() {
@@ -438,7 +438,7 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     assert!(shared_steps > 40, "slots should have shared batches: {shared_steps}");
     assert!(s.compactions() >= 3, "the cache should have been compacted with slots live: {}", s.compactions());
 
-    // The last three prompts are cached in the three slots: ask for them again (other options),
+    // The last prompts are in the prompt cache: ask for three of them again (other options),
     // one of them extended by more tokens.
     let mut again: Vec<(Vec<u32>, GenerateOptions)> = (9..12).map(|p| (distinct[p].clone(), options_of(p + 1))).collect();
     again[1].0.extend_from_slice(&distinct[0][1..30]);
@@ -606,7 +606,7 @@ fn bad_input_is_an_error() {
     assert!(Model::load(dir.path().join("missing.gguf")).unwrap_err().to_string().contains("no such file"));
     assert!(Model::load(&not_gguf).unwrap_err().to_string().contains("GGUF"));
 
-    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, slots: 1 }).unwrap();
+    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, slots: 1, cached_prompts: 0 }).unwrap();
     assert!(s.prefill(&[]).unwrap_err().to_string().contains("empty"));
     let long: Vec<u32> = (0..100).map(|i| 100 + i).collect();
     assert!(s.prefill(&long).unwrap_err().to_string().contains("more than the context"));

@@ -336,6 +336,22 @@ impl Ranked {
         self.path_p.truncate(keep);
         self.raw.truncate(keep);
     }
+
+    /// Keep the best nodes up to the first that would make more than `max` root-to-leaf paths.
+    pub fn limit_leaves(&mut self, max: usize) {
+        let mut has_child = vec![false; self.tree.len()];
+        let mut leaves = 0;
+        for n in 0..self.tree.len() {
+            match self.tree.parent(n) {
+                Some(p) if !has_child[p] => has_child[p] = true, // the parent stops being a leaf
+                _ => leaves += 1,
+            }
+            if leaves > max {
+                self.truncate(n);
+                return;
+            }
+        }
+    }
 }
 
 /// Add a step's draft and accepted tokens to `stats`, per source; returns which nodes were accepted.
@@ -406,6 +422,30 @@ mod tests {
         }
         fn propose(&mut self, _: &[u32], _: usize) -> Vec<Candidate> {
             self.0.clone()
+        }
+    }
+
+    #[test]
+    fn limit_leaves_keeps_a_prefix_with_at_most_that_many_paths() {
+        let mut r = Ranked::default();
+        // 0 and 1 are roots; 2 under 0; 3 under 0; 4 under 2; 5 under 1
+        for (parent, token) in [(None, 1), (None, 2), (Some(0), 3), (Some(0), 4), (Some(2), 5), (Some(1), 6)] {
+            r.tree.push(parent, token, 0);
+            r.path_p.push(0.5);
+            r.raw.push(0.5);
+        }
+        for max in 1..=4 {
+            let mut cut = r.clone();
+            cut.limit_leaves(max);
+            assert!(cut.tree.leaves().len() <= max, "{max}: {}", cut.tree.leaves().len());
+            // brute force: a prefix's path count never falls as it grows; keep all before the first over
+            let first_over = (0..=r.tree.len()).find(|&k| {
+                let mut t = r.tree.clone();
+                t.truncate(k);
+                t.leaves().len() > max
+            });
+            assert_eq!(cut.tree.len(), first_over.map_or(r.tree.len(), |k| k - 1), "{max}");
+            assert_eq!((cut.path_p.len(), cut.raw.len()), (cut.tree.len(), cut.tree.len()));
         }
     }
 

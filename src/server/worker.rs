@@ -127,7 +127,8 @@ impl StopFilter {
 }
 
 pub struct WorkerConfig {
-    /// The shared session: `slots` jobs at once, `n_ctx` cells for all of them.
+    /// The shared session: one slot per job generated at once, `n_ctx` cells for all of them and
+    /// the prompt cache.
     pub session: SessionOptions,
     /// Tokens one job may hold (prompt, output and a draft tree).
     pub request_ctx: usize,
@@ -178,8 +179,9 @@ pub fn spawn(
                 proposers.push(Box::new(r));
             }
             let mut drafter = Combined::new(proposers);
-            let mut budget = Budget::for_slots(curve.as_ref(), config.max_budget, config.session.slots as usize);
             let slots = config.session.slots as usize;
+            let mut budget = Budget::for_slots(curve.as_ref(), config.max_budget, slots);
+            let max_paths = config.session.max_sequences as usize;
             let mut running: Vec<Running> = Vec::new();
             let mut open = true;
             while open || !running.is_empty() {
@@ -199,8 +201,7 @@ pub fn spawn(
                         break;
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
-                    // The free slot whose cached tokens start this prompt, if any does.
-                    let slot = session.choose_slot(&job.prompt).expect("a slot is free");
+                    let slot = session.free_slot().expect("a slot is free");
                     if let Some(r) = start_job(&mut session, slot, job, drafter.stats.len(), &metrics) {
                         running.push(r);
                     }
@@ -209,7 +210,7 @@ pub fn spawn(
                     continue;
                 }
                 let started = Instant::now();
-                match step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx) {
+                match step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths) {
                     Ok(()) => {
                         metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
                         metrics.verify_steps.inc();
@@ -223,7 +224,10 @@ pub fn spawn(
                     }
                 }
                 for r in running.iter().filter(|r| r.done) {
-                    session.release(r.slot);
+                    if let Err(e) = session.release(r.slot) {
+                        tracing::warn!("cannot release slot {}: {e}; emptying the cache", r.slot);
+                        session.reset();
+                    }
                 }
                 let (finished, still): (Vec<Running>, Vec<Running>) = running.into_iter().partition(|r| r.done);
                 running = still;
@@ -293,7 +297,6 @@ fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, m
             sources: vec![SourceStats::default(); sources],
         }),
         Err(e) => {
-            session.release(slot);
             let _ = job.events.send(Event::Failed(e.to_string()));
             None
         }
@@ -309,12 +312,16 @@ fn step(
     budget: &mut Budget,
     running: &mut [Running],
     request_ctx: usize,
+    max_paths: usize,
 ) -> crate::Result<()> {
+    let started = Instant::now();
     let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
     for r in running.iter() {
         let generation = r.generation.as_ref().expect("a running job has a generation");
         let most = generation.budget(session.slot_len(r.slot), request_ctx)?.min(budget.max());
-        ranked.push(if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() });
+        let mut tree = if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() };
+        tree.limit_leaves(max_paths);
+        ranked.push(tree);
     }
     let path_ps: Vec<&[f64]> = ranked.iter().map(|r| r.path_p.as_slice()).collect();
     let cuts = budget.choose_joint(&path_ps);
@@ -328,12 +335,26 @@ fn step(
         .map(|(r, k)| SlotStep { slot: r.slot, tree: &k.tree, chooser: &mut r.generation.as_mut().expect("running").chooser })
         .collect();
     let wants_logits = drafter.wants_logits();
+    let drafted = started.elapsed();
+    let mut observing = std::time::Duration::ZERO;
     let outcomes = session.step_slots(&mut work, |i, node, logits| {
+        let t = Instant::now();
         if wants_logits {
             drafter.observe_logits(node.map_or(pendings[i], |n| ranked[i].tree.token(n)), logits);
         }
+        observing += t.elapsed();
     })?;
     drop(work);
+    let verified = started.elapsed();
+    tracing::debug!(
+        slots = running.len(),
+        rows = ranked.iter().map(|k| 1 + k.tree.len()).sum::<usize>(),
+        tokens = outcomes.iter().map(|o| o.emitted.len()).sum::<usize>(),
+        draft_ms = drafted.as_secs_f64() * 1e3,
+        verify_ms = (verified - drafted).as_secs_f64() * 1e3,
+        observe_ms = observing.as_secs_f64() * 1e3,
+        "step"
+    );
     for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
         drafter.observe_ranked(&k.tree, &k.raw, outcome);
         count_by_source(&k.tree, outcome, &mut r.sources);

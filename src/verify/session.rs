@@ -28,8 +28,11 @@ pub struct SessionOptions {
     /// Most root-to-leaf paths in a draft tree.
     pub max_sequences: u32,
     /// Independent sequences (requests) the context holds at once, each verified in the same
-    /// batch as the others; `slots × max_sequences` must stay below [`MAX_SEQUENCES`].
+    /// batch as the others.
     pub slots: u32,
+    /// Finished sequences kept in the cache for later prompts that start the same way (one
+    /// sequence id each). `slots × max_sequences + cached_prompts` must stay below [`MAX_SEQUENCES`].
+    pub cached_prompts: u32,
 }
 
 impl Default for SessionOptions {
@@ -40,6 +43,7 @@ impl Default for SessionOptions {
             n_batch: 128,
             max_sequences: 64,
             slots: 1,
+            cached_prompts: 0,
         }
     }
 }
@@ -81,16 +85,21 @@ pub struct StepOutcome {
     pub batch_tokens: usize,
 }
 
-/// One sequence of a session: a request's tokens. A released slot keeps its tokens in the cache
-/// (no pending token) as a prompt cache for the next prompt that starts the same way.
+/// One sequence of a session: a request's tokens.
 #[derive(Debug, Clone, Default)]
 struct Slot {
     /// Tokens whose keys and values are in the cache (the slot's first sequence id).
     committed: Vec<u32>,
     /// The last token: chosen, not yet decoded. `None` for a free slot.
     pending: Option<u32>,
-    /// When it was last released (for evicting the oldest prompt cache first).
-    released_at: u64,
+}
+
+/// A finished sequence's tokens, kept in the cache under their own sequence id.
+#[derive(Debug, Clone, Default)]
+struct Parked {
+    tokens: Vec<u32>,
+    /// When it was parked (the oldest goes first when room is needed).
+    parked_at: u64,
 }
 
 /// One slot's share of a batched verification step.
@@ -106,7 +115,9 @@ pub struct Session<'m> {
     batch: LlamaBatch<'static>,
     options: SessionOptions,
     slots: Vec<Slot>,
-    /// Cells that hold rejected draft nodes and released slots (see [`Session::keep_path`]).
+    /// The prompt cache: one entry per sequence id after the slots' ranges.
+    parked: Vec<Parked>,
+    /// Cells that hold rejected draft nodes and dropped caches (see [`Session::keep_path`]).
     retired: usize,
     /// How often the cache was compacted.
     compactions: usize,
@@ -125,20 +136,21 @@ fn llama_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model, options: SessionOptions) -> Result<Self> {
-        if options.max_sequences == 0 || options.slots == 0 || options.slots * options.max_sequences >= MAX_SEQUENCES {
+        let sequences = options.slots * options.max_sequences + options.cached_prompts;
+        if options.max_sequences == 0 || options.slots == 0 || sequences >= MAX_SEQUENCES {
             return Err(Error::Invalid(format!(
-                "slots × max_sequences must be in 1..{MAX_SEQUENCES}, not {} × {}",
-                options.slots, options.max_sequences
+                "slots × max_sequences + cached_prompts must be in 1..{MAX_SEQUENCES}, not {} × {} + {}",
+                options.slots, options.max_sequences, options.cached_prompts
             )));
         }
         if options.n_batch < 2 || options.n_ctx < 8 {
             return Err(Error::Invalid("n_batch must be at least 2 and n_ctx at least 8".into()));
         }
         // llama.cpp keeps room for one output per sequence in every batch.
-        if options.n_batch <= options.slots * options.max_sequences {
+        if options.n_batch <= sequences {
             return Err(Error::Invalid(format!(
-                "n_batch ({}) must exceed slots × max_sequences ({} × {})",
-                options.n_batch, options.slots, options.max_sequences
+                "n_batch ({}) must exceed slots × max_sequences + cached_prompts ({sequences})",
+                options.n_batch
             )));
         }
         let threads = options.threads.clamp(1, 512) as i32;
@@ -147,7 +159,7 @@ impl<'m> Session<'m> {
             .with_n_batch(options.n_batch)
             .with_n_ubatch(options.n_batch)
             // One more sequence holds the retired cells.
-            .with_n_seq_max(options.slots * options.max_sequences + 1)
+            .with_n_seq_max(sequences + 1)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             // Sequences share one cache, so a tree's branches see the committed context.
@@ -171,6 +183,7 @@ impl<'m> Session<'m> {
             batch: LlamaBatch::new(options.n_batch as usize, options.max_sequences as i32),
             options,
             slots: vec![Slot::default(); options.slots as usize],
+            parked: vec![Parked::default(); options.cached_prompts as usize],
             retired: 0,
             compactions: 0,
             releases: 0,
@@ -189,6 +202,7 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.ctx.clear_kv_cache();
         self.slots.iter_mut().for_each(|s| *s = Slot::default());
+        self.parked.iter_mut().for_each(|p| *p = Parked::default());
         self.retired = 0;
     }
 
@@ -233,22 +247,20 @@ impl<'m> Session<'m> {
         self.slots[slot].pending.is_none()
     }
 
-    /// The free slot whose cached tokens share the longest start with `prompt` (an empty slot
-    /// before another slot's cache when none does), or `None` when every slot runs.
-    pub fn choose_slot(&self, prompt: &[u32]) -> Option<usize> {
-        let head = prompt.split_last().map_or(&[][..], |(_, head)| head);
-        (0..self.slots.len())
-            .filter(|&s| self.slot_is_free(s))
-            .max_by_key(|&s| (common_prefix(&self.slots[s].committed, head), std::cmp::Reverse(self.slots[s].committed.len())))
+    /// A slot that runs no generation, if any.
+    pub fn free_slot(&self) -> Option<usize> {
+        (0..self.slots.len()).find(|&s| self.slot_is_free(s))
     }
 
-    /// Cells in use: every slot's committed tokens (cached ones too) and the retired cells.
+    /// Cells in use: every slot's committed tokens, the prompt cache and the retired cells.
     fn used_cells(&self) -> usize {
-        self.retired + self.slots.iter().map(|s| s.committed.len()).sum::<usize>()
+        self.retired
+            + self.slots.iter().map(|s| s.committed.len()).sum::<usize>()
+            + self.parked.iter().map(|p| p.tokens.len()).sum::<usize>()
     }
 
     /// Make room for `needed` more cells: compact when the cache is full or mostly retired cells
-    /// (masked, so they change no sum, but attention still scans them), and drop prompt caches,
+    /// (masked, so they change no sum, but attention still scans them), and drop cached prompts,
     /// oldest first, when that is not enough.
     fn make_room(&mut self, needed: usize) -> Result<()> {
         let n_ctx = self.options.n_ctx as usize;
@@ -257,30 +269,39 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         while live + needed > n_ctx {
-            let idle = (0..self.slots.len())
-                .filter(|&s| self.slot_is_free(s) && !self.slots[s].committed.is_empty())
-                .min_by_key(|&s| self.slots[s].released_at);
-            let Some(idle) = idle else {
+            let oldest = (0..self.parked.len()).filter(|&i| !self.parked[i].tokens.is_empty()).min_by_key(|&i| self.parked[i].parked_at);
+            let Some(oldest) = oldest else {
                 return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
             };
-            live -= self.slots[idle].committed.len();
-            self.retire_from(idle, 0)?;
+            live -= self.parked[oldest].tokens.len();
+            self.drop_parked(oldest, 0)?;
         }
         self.compact()
     }
 
-    /// Move `slot`'s cells from position `keep` on to the retired sequence.
-    fn retire_from(&mut self, slot: usize, keep: usize) -> Result<()> {
-        let (seq, retired) = (self.seq_base(slot), self.retired_seq());
-        let n = self.slots[slot].committed.len();
-        if keep < n {
-            let from = Some(keep as u32);
-            self.ctx.kv_cache_seq_cp(seq, retired, from, None).map_err(|e| llama_err("retiring cells", e))?;
-            self.ctx.kv_cache_seq_rm(seq, from, None).map_err(|e| llama_err("retiring cells", e))?;
-            self.retired += n - keep;
-            self.slots[slot].committed.truncate(keep);
-        }
+    /// Move the cells of sequence `seq` from position `from` on to the retired sequence.
+    fn retire_cells(&mut self, seq: i32, from: usize) -> Result<()> {
+        let (retired, from) = (self.retired_seq(), Some(from as u32));
+        self.ctx.kv_cache_seq_cp(seq, retired, from, None).map_err(|e| llama_err("retiring cells", e))?;
+        self.ctx.kv_cache_seq_rm(seq, from, None).map_err(|e| llama_err("retiring cells", e))?;
         Ok(())
+    }
+
+    /// Forget cached prompt `i`; its cells from `kept` on are retired (the ones before were
+    /// handed to a slot).
+    fn drop_parked(&mut self, i: usize, kept: usize) -> Result<()> {
+        let seq = self.parked_seq(i);
+        let n = self.parked[i].tokens.len();
+        self.retire_cells(seq, kept)?;
+        self.ctx.kv_cache_seq_rm(seq, None, None).map_err(|e| llama_err("dropping a cached prompt", e))?;
+        self.retired += n - kept.min(n);
+        self.parked[i] = Parked::default();
+        Ok(())
+    }
+
+    /// The sequence id of cached prompt `i`: after every slot's range.
+    fn parked_seq(&self, i: usize) -> i32 {
+        (self.options.slots * self.options.max_sequences) as i32 + i as i32
     }
 
     /// The first sequence id of `slot`: its committed tokens; the next ids are its tree's branches.
@@ -303,10 +324,10 @@ impl<'m> Session<'m> {
     }
 
     /// Start `slot` (which must be free) from `prompt`: every token but the last goes into the
-    /// cache, in chunks of `n_batch`; the last one becomes the pending token. The slot's cached
-    /// tokens that start the prompt are kept (the same tokens at the same positions give the
-    /// same keys and values, bit for bit); the rest are retired. The other slots are untouched.
-    /// Returns how many prompt tokens came from the cache.
+    /// cache, in chunks of `n_batch`; the last one becomes the pending token. The cached prompt
+    /// that shares the longest start with it gives the slot those tokens' cells (the same tokens
+    /// at the same positions have the same keys and values, bit for bit), and is used up. The
+    /// other slots are untouched. Returns how many prompt tokens came from the cache.
     pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
         if slot >= self.slots.len() {
             return Err(Error::Invalid(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
@@ -325,9 +346,18 @@ impl<'m> Session<'m> {
         let seq = self.seq_base(slot);
         // Sliding-window layers may have dropped a long sequence's early cells; reuse only a
         // sequence that still has all of them.
-        let whole = self.slots[slot].committed.is_empty() || self.ctx.kv_cache_seq_pos_min(seq) == 0;
-        let keep = if whole { common_prefix(&self.slots[slot].committed, head) } else { 0 };
-        self.retire_from(slot, keep)?;
+        let best = (0..self.parked.len())
+            .map(|i| (common_prefix(&self.parked[i].tokens, head), i))
+            .filter(|&(keep, i)| keep > 0 && self.ctx.kv_cache_seq_pos_min(self.parked_seq(i)) == 0)
+            .max();
+        let mut keep = 0;
+        if let Some((k, i)) = best {
+            let from = self.parked_seq(i);
+            self.ctx.kv_cache_seq_cp(from, seq, None, Some(k as u32)).map_err(|e| llama_err("reusing a cached prompt", e))?;
+            self.drop_parked(i, k)?;
+            self.slots[slot].committed.extend_from_slice(&head[..k]);
+            keep = k;
+        }
         self.make_room(head.len() - keep + 1)?;
         for chunk in head[keep..].chunks(self.options.n_batch as usize) {
             self.batch.clear();
@@ -338,7 +368,10 @@ impl<'m> Session<'m> {
                     .map_err(|e| llama_err("batch", e))?;
             }
             if let Err(e) = self.ctx.decode(&mut self.batch) {
-                self.retire_from(slot, 0)?;
+                let n = self.slots[slot].committed.len();
+                self.retire_cells(seq, 0)?;
+                self.retired += n;
+                self.slots[slot].committed.clear();
                 return Err(llama_err("decoding the prompt", e));
             }
             self.slots[slot].committed.extend_from_slice(chunk);
@@ -347,13 +380,31 @@ impl<'m> Session<'m> {
         Ok(keep)
     }
 
-    /// End `slot`'s generation. Its tokens stay cached for a later prompt that starts the same
-    /// way ([`Self::choose_slot`]) until room is needed.
-    pub fn release(&mut self, slot: usize) {
+    /// End `slot`'s generation. Its tokens stay in the cache as a cached prompt (the oldest one
+    /// makes way when all are taken), or are retired when the session keeps none.
+    pub fn release(&mut self, slot: usize) -> Result<()> {
+        let seq = self.seq_base(slot);
+        let tokens = std::mem::take(&mut self.slots[slot].committed);
+        self.slots[slot].pending = None;
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let place = (0..self.parked.len())
+            .min_by_key(|&i| (!self.parked[i].tokens.is_empty(), self.parked[i].parked_at));
+        let Some(i) = place else {
+            self.retire_cells(seq, 0)?;
+            self.retired += tokens.len();
+            return Ok(());
+        };
+        if !self.parked[i].tokens.is_empty() {
+            self.drop_parked(i, 0)?;
+        }
+        let to = self.parked_seq(i);
+        self.ctx.kv_cache_seq_cp(seq, to, None, None).map_err(|e| llama_err("caching a prompt", e))?;
+        self.ctx.kv_cache_seq_rm(seq, None, None).map_err(|e| llama_err("caching a prompt", e))?;
         self.releases += 1;
-        let s = &mut self.slots[slot];
-        s.pending = None;
-        s.released_at = self.releases;
+        self.parked[i] = Parked { tokens, parked_at: self.releases };
+        Ok(())
     }
 
     /// Verify a draft tree for slot 0 in one batch: see [`Self::step_slots`].
@@ -513,24 +564,23 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// The sequence id that holds retired cells: one past every slot's range.
+    /// The sequence id that holds retired cells: the last one.
     fn retired_seq(&self) -> i32 {
-        (self.options.slots * self.options.max_sequences) as i32
+        (self.options.slots * self.options.max_sequences + self.options.cached_prompts) as i32
     }
 
-    /// Drop the retired cells and store each slot's tokens (cached ones too) again in consecutive cells in
-    /// position order, as plain decoding would have left them.
+    /// Drop the retired cells and store each slot's tokens and each cached prompt again in
+    /// consecutive cells in position order, as plain decoding would have left them.
     fn compact(&mut self) -> Result<()> {
-        let mut saved = Vec::new();
-        for slot in 0..self.slots.len() {
-            if !self.slots[slot].committed.is_empty() {
-                let seq = self.seq_base(slot);
-                let state = self
-                    .ctx
-                    .state_seq_get(seq, llama_cpp_2::context::session::LlamaStateSeqFlags::empty())
-                    .map_err(|e| llama_err("saving the cache", e))?;
-                saved.push((seq, state));
-            }
+        let mut live: Vec<i32> = (0..self.slots.len()).filter(|&s| !self.slots[s].committed.is_empty()).map(|s| self.seq_base(s)).collect();
+        live.extend((0..self.parked.len()).filter(|&i| !self.parked[i].tokens.is_empty()).map(|i| self.parked_seq(i)));
+        let mut saved = Vec::with_capacity(live.len());
+        for seq in live {
+            let state = self
+                .ctx
+                .state_seq_get(seq, llama_cpp_2::context::session::LlamaStateSeqFlags::empty())
+                .map_err(|e| llama_err("saving the cache", e))?;
+            saved.push((seq, state));
         }
         self.ctx.clear_kv_cache();
         for (seq, state) in saved {
