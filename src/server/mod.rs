@@ -1,6 +1,7 @@
 //! `ibid serve`: OpenAI-compatible completions with lossless drafting, the n-gram query API of the
 //! index on the same port, `GET /health` and `GET /metrics`. Generation runs on one worker
-//! thread fed by a bounded queue (first come, first served); HTTP runs on tokio.
+//! thread fed by a bounded queue (first come, first served) that generates several requests at
+//! once, one verification batch for all; HTTP runs on tokio.
 
 pub mod metrics;
 pub mod openai;

@@ -1,5 +1,8 @@
-//! One llama.cpp context over a model: the committed tokens live in the KV cache as sequence 0, and
-//! a draft tree is verified in one batch, one sequence id per root-to-leaf path.
+//! One llama.cpp context over a model, holding one or more slots (independent sequences). A
+//! slot's committed tokens live in the KV cache under the first id of its range of sequence ids;
+//! a draft tree is verified in one batch, one id of that range per root-to-leaf path, and the trees
+//! of several slots share one batch. Finished sequences can stay cached, one id each, for later
+//! prompts that start the same way; one last id holds retired cells until the cache is compacted.
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
