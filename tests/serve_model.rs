@@ -231,6 +231,11 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert_eq!(answers, alone, "concurrent drafted answers differ from plain ones");
     let (steps, sequences) = (metric(&s, "ibid_verify_steps_total") - steps, metric(&s, "ibid_batch_sequences_total") - sequences);
     assert!(sequences > 1.5 * steps, "requests were not batched together: {sequences} sequences in {steps} steps");
+    // The same prompt again starts from the cached prompt of its earlier answer.
+    let cached = metric(&s, "ibid_prompt_tokens_cached_total");
+    let (code, v) = post(&s, "/v1/completions", &together[0].to_string());
+    assert_eq!((code, &v["choices"][0]["text"]), (200, &alone[0]));
+    assert!(metric(&s, "ibid_prompt_tokens_cached_total") > cached, "the repeated prompt was decoded again");
 
     // bad input: a 4xx with an OpenAI-style error, and the server stays up
     let long_prompt = "word ".repeat(600);

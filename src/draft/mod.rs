@@ -360,10 +360,10 @@ pub fn count_by_source(tree: &DraftTree, outcome: &StepOutcome, stats: &mut [Sou
     for &n in &outcome.accepted {
         accepted[n] = true;
     }
-    for node in 0..tree.len() {
+    for (node, &ok) in accepted.iter().enumerate() {
         if let Some(s) = stats.get_mut(tree.source(node) as usize) {
             s.drafted += 1;
-            s.accepted += u64::from(accepted[node]);
+            s.accepted += u64::from(ok);
         }
     }
     accepted
