@@ -315,8 +315,20 @@ fn step(
     max_paths: usize,
 ) -> crate::Result<()> {
     let started = Instant::now();
+    // A job whose context is full ends with an error; the others go on.
+    for r in running.iter_mut() {
+        let generation = r.generation.as_ref().expect("a running job has a generation");
+        if let Err(e) = generation.budget(session.slot_len(r.slot), request_ctx) {
+            let _ = r.events.send(Event::Failed(e.to_string()));
+            (r.generation, r.done) = (None, true);
+        }
+    }
+    let mut running: Vec<&mut Running> = running.iter_mut().filter(|r| !r.done).collect();
+    if running.is_empty() {
+        return Ok(());
+    }
     let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
-    for r in running.iter() {
+    for r in &running {
         let generation = r.generation.as_ref().expect("a running job has a generation");
         let most = generation.budget(session.slot_len(r.slot), request_ctx)?.min(budget.max());
         let mut tree = if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() };
@@ -358,9 +370,9 @@ fn step(
     for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
         drafter.observe_ranked(&k.tree, &k.raw, outcome);
         count_by_source(&k.tree, outcome, &mut r.sources);
-        let Running { generation, text, stop, events, deadline, stopped, timed_out, .. } = r;
+        let Running { generation, text, stop, events, deadline, stopped, timed_out, done, .. } = &mut **r;
         let generation = generation.as_mut().expect("running");
-        r.done = generation.absorb(model, k.tree.len(), outcome, |t| {
+        *done = generation.absorb(model, k.tree.len(), outcome, |t| {
             let (out, hit) = stop.push(&text.push(model, t));
             if !out.is_empty() && events.send(Event::Text(out)).is_err() {
                 return false; // the client left
