@@ -27,8 +27,13 @@ fn lock() -> MutexGuard<'static, ()> {
 }
 
 fn session() -> Session<'static> {
+    exact_session(SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32, ..SessionOptions::default() })
+}
+
+/// A session on the exact kernels (checked first).
+fn exact_session(options: SessionOptions) -> Session<'static> {
     exact_kernels();
-    Session::new(model(), SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32, slots: 1, cached_prompts: 0 }).unwrap()
+    Session::new(model(), options).unwrap()
 }
 
 /// The suite runs on the exact kernels; say so plainly when the build does not have them.
@@ -239,9 +244,7 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
 #[test]
 fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
     let _l = lock();
-    exact_kernels();
-    let options = SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64, slots: 1, cached_prompts: 0 };
-    let mut s = Session::new(model(), options).unwrap();
+    let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64, ..SessionOptions::default() });
     let text = std::fs::read_to_string(stdlib().join("argparse.py")).unwrap();
     let all = model().tokenize_prompt(&text);
     let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
@@ -296,9 +299,7 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
 #[test]
 fn speculative_output_equals_plain_output_token_for_token() {
     let _l = lock();
-    exact_kernels();
-    let options = SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32, slots: 1, cached_prompts: 0 };
-    let mut s = Session::new(model(), options).unwrap();
+    let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32, ..SessionOptions::default() });
     let n = 128;
     let sampled = |seed: u64| GenerateOptions {
         max_tokens: n,
@@ -404,7 +405,6 @@ fn run_in_slots(s: &mut Session<'_>, jobs: &[(Vec<u32>, GenerateOptions, Vec<u32
 #[test]
 fn slots_verified_in_one_batch_each_equal_plain_output() {
     let _l = lock();
-    exact_kernels();
     let n = 64;
     let options_of = |p: usize| {
         if p % 2 == 0 {
@@ -428,8 +428,7 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
         .enumerate()
         .map(|(p, prompt)| (prompt.clone(), options_of(p), plain(prompt, &options_of(p))))
         .collect();
-    let options = SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3, cached_prompts: 6 };
-    let mut s = Session::new(model(), options).unwrap();
+    let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3, cached_prompts: 6 });
     let (outputs, shared_steps, _) = run_in_slots(&mut s, &first);
     for (p, out) in outputs.iter().enumerate() {
         assert_eq!(out, &first[p].2, "prompt {p}: output with other slots in the batch differs from plain");
@@ -606,7 +605,7 @@ fn bad_input_is_an_error() {
     assert!(Model::load(dir.path().join("missing.gguf")).unwrap_err().to_string().contains("no such file"));
     assert!(Model::load(&not_gguf).unwrap_err().to_string().contains("GGUF"));
 
-    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, slots: 1, cached_prompts: 0 }).unwrap();
+    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, ..SessionOptions::default() }).unwrap();
     assert!(s.prefill(&[]).unwrap_err().to_string().contains("empty"));
     let long: Vec<u32> = (0..100).map(|i| 100 + i).collect();
     assert!(s.prefill(&long).unwrap_err().to_string().contains("more than the context"));

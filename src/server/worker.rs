@@ -211,10 +211,11 @@ pub fn spawn(
                 }
                 let started = Instant::now();
                 match step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths) {
-                    Ok(()) => {
+                    Ok(0) => {}
+                    Ok(verified) => {
                         metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
                         metrics.verify_steps.inc();
-                        metrics.batch_sequences.inc_by(running.len() as u64);
+                        metrics.batch_sequences.inc_by(verified as u64);
                     }
                     Err(e) => {
                         for r in &mut running {
@@ -304,7 +305,8 @@ fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, m
 }
 
 /// One verification step for every running job: draft each tree, cut them together by the
-/// batch's cost, verify all in one batch, and pass each job its tokens.
+/// batch's cost, verify all in one batch, and pass each job its tokens. Returns how many jobs the
+/// batch verified.
 fn step(
     model: &Model,
     session: &mut Session<'_>,
@@ -313,27 +315,30 @@ fn step(
     running: &mut [Running],
     request_ctx: usize,
     max_paths: usize,
-) -> crate::Result<()> {
+) -> crate::Result<usize> {
     let started = Instant::now();
-    // A job whose context is full ends with an error; the others go on.
+    // Each job's most draft nodes; a job whose context is full ends with an error, the others go on.
+    let mut live: Vec<&mut Running> = Vec::with_capacity(running.len());
+    let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
     for r in running.iter_mut() {
         let generation = r.generation.as_ref().expect("a running job has a generation");
-        if let Err(e) = generation.budget(session.slot_len(r.slot), request_ctx) {
-            let _ = r.events.send(Event::Failed(e.to_string()));
-            (r.generation, r.done) = (None, true);
+        match generation.budget(session.slot_len(r.slot), request_ctx) {
+            Ok(most) => {
+                let most = most.min(budget.max());
+                let mut tree = if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() };
+                tree.limit_leaves(max_paths);
+                ranked.push(tree);
+                live.push(r);
+            }
+            Err(e) => {
+                let _ = r.events.send(Event::Failed(e.to_string()));
+                (r.generation, r.done) = (None, true);
+            }
         }
     }
-    let mut running: Vec<&mut Running> = running.iter_mut().filter(|r| !r.done).collect();
+    let mut running = live;
     if running.is_empty() {
-        return Ok(());
-    }
-    let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
-    for r in &running {
-        let generation = r.generation.as_ref().expect("a running job has a generation");
-        let most = generation.budget(session.slot_len(r.slot), request_ctx)?.min(budget.max());
-        let mut tree = if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() };
-        tree.limit_leaves(max_paths);
-        ranked.push(tree);
+        return Ok(0);
     }
     let path_ps: Vec<&[f64]> = ranked.iter().map(|r| r.path_p.as_slice()).collect();
     let cuts = budget.choose_joint(&path_ps);
@@ -388,7 +393,7 @@ fn step(
             true
         });
     }
-    Ok(())
+    Ok(running.len())
 }
 
 impl Running {

@@ -290,6 +290,15 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Retire every cell of `slot` and empty it.
+    fn retire_slot(&mut self, slot: usize) -> Result<()> {
+        let n = self.slots[slot].committed.len();
+        self.retire_cells(self.seq_base(slot), 0)?;
+        self.retired += n;
+        self.slots[slot] = Slot::default();
+        Ok(())
+    }
+
     /// Forget cached prompt `i`; its cells from `kept` on are retired (the ones before were
     /// handed to a slot).
     fn drop_parked(&mut self, i: usize, kept: usize) -> Result<()> {
@@ -371,10 +380,7 @@ impl<'m> Session<'m> {
                     .map_err(|e| llama_err("batch", e))?;
             }
             if let Err(e) = self.ctx.decode(&mut self.batch) {
-                let n = self.slots[slot].committed.len();
-                self.retire_cells(seq, 0)?;
-                self.retired += n;
-                self.slots[slot].committed.clear();
+                self.retire_slot(slot)?;
                 return Err(llama_err("decoding the prompt", e));
             }
             self.slots[slot].committed.extend_from_slice(chunk);
@@ -386,19 +392,17 @@ impl<'m> Session<'m> {
     /// End `slot`'s generation. Its tokens stay in the cache as a cached prompt (the oldest one
     /// makes way when all are taken), or are retired when the session keeps none.
     pub fn release(&mut self, slot: usize) -> Result<()> {
-        let seq = self.seq_base(slot);
-        let tokens = std::mem::take(&mut self.slots[slot].committed);
         self.slots[slot].pending = None;
-        if tokens.is_empty() {
+        if self.slots[slot].committed.is_empty() {
             return Ok(());
         }
         let place = (0..self.parked.len())
             .min_by_key(|&i| (!self.parked[i].tokens.is_empty(), self.parked[i].parked_at));
         let Some(i) = place else {
-            self.retire_cells(seq, 0)?;
-            self.retired += tokens.len();
-            return Ok(());
+            return self.retire_slot(slot);
         };
+        let seq = self.seq_base(slot);
+        let tokens = std::mem::take(&mut self.slots[slot].committed);
         if !self.parked[i].tokens.is_empty() {
             self.drop_parked(i, 0)?;
         }
@@ -437,6 +441,7 @@ impl<'m> Session<'m> {
     ) -> Result<Vec<StepOutcome>> {
         let n_ctx = self.options.n_ctx as usize;
         let mut batch_tokens = 0;
+        let mut leaves_of: Vec<Vec<usize>> = Vec::with_capacity(work.len());
         for (i, w) in work.iter().enumerate() {
             let slot = self.slots.get(w.slot).ok_or_else(|| Error::Invalid(format!("slot {} does not exist", w.slot)))?;
             if slot.pending.is_none() {
@@ -450,13 +455,15 @@ impl<'m> Session<'m> {
             if slot.committed.len() + 1 + w.tree.max_depth() + 1 > n_ctx {
                 return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
             }
-            if w.tree.leaves().len() > self.options.max_sequences as usize {
+            let leaves = w.tree.leaves();
+            if leaves.len() > self.options.max_sequences as usize {
                 return Err(Error::Invalid(format!(
                     "a draft tree of {} paths is more than the {} sequences of this session",
-                    w.tree.leaves().len(),
+                    leaves.len(),
                     self.options.max_sequences
                 )));
             }
+            leaves_of.push(leaves);
             batch_tokens += 1 + w.tree.len();
         }
         if batch_tokens > self.options.n_batch as usize {
@@ -471,11 +478,10 @@ impl<'m> Session<'m> {
         self.batch.clear();
         // Per slot: its first row in the batch, its paths' count, and each node's sequence ids.
         let mut layout: Vec<(usize, usize, Vec<Vec<i32>>)> = Vec::with_capacity(work.len());
-        for w in work.iter() {
+        for (w, leaves) in work.iter().zip(&leaves_of) {
             let (tree, base_seq) = (w.tree, self.seq_base(w.slot));
             let slot = &self.slots[w.slot];
             let base = slot.committed.len();
-            let leaves = tree.leaves();
             let n_seq = leaves.len().max(1);
             // Sequence ids of each node: the leaves below it. Nodes are stored parents first.
             let mut seqs: Vec<Vec<i32>> = vec![Vec::new(); tree.len()];
