@@ -450,6 +450,22 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     let prompt_tokens: usize = second.iter().map(|j| j.0.len() - 1).sum();
     eprintln!("{cached} of {prompt_tokens} prompt tokens from the cache");
     assert!(cached + 29 >= prompt_tokens, "the repeated prompts should start from cached tokens: {cached} of {prompt_tokens}");
+
+    // A new prompt sent three times at once (once extended): the second and third take the
+    // first's cells while it runs, and each output is still plain's.
+    let novel: Vec<u32> = distinct[2][..40].iter().chain(&distinct[5][1..40]).copied().collect();
+    let mut extended = novel.clone();
+    extended.extend_from_slice(&distinct[7][1..20]);
+    let third: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = [(novel.clone(), 0), (novel.clone(), 1), (extended, 2)]
+        .into_iter()
+        .map(|(prompt, p)| { let out = plain(&prompt, &options_of(p)); (prompt, options_of(p), out) })
+        .collect();
+    let (outputs, _, cached) = run_in_slots(&mut s, &third);
+    for (p, out) in outputs.iter().enumerate() {
+        assert_eq!(out, &third[p].2, "concurrent prompt {p}: output from a running slot's cells differs from plain");
+    }
+    eprintln!("{cached} prompt tokens from running slots");
+    assert!(cached >= 2 * (novel.len() - 1), "the later copies should share the first's cells: {cached}");
 }
 
 /// Chi-square statistic of observed counts against expected probabilities (bins with small

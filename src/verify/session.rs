@@ -128,6 +128,13 @@ pub struct Session<'m> {
     releases: u64,
 }
 
+/// Where a new prompt's first tokens are already in the cache.
+#[derive(Debug, Clone, Copy)]
+enum CachedStart {
+    Parked(usize),
+    Slot(usize),
+}
+
 /// How many tokens `a` and `b` share at their start.
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -336,10 +343,12 @@ impl<'m> Session<'m> {
     }
 
     /// Start `slot` (which must be free) from `prompt`: every token but the last goes into the
-    /// cache, in chunks of `n_batch`; the last one becomes the pending token. The cached prompt
-    /// that shares the longest start with it gives the slot those tokens' cells (the same tokens
-    /// at the same positions have the same keys and values, bit for bit), and is used up. The
-    /// other slots are untouched. Returns how many prompt tokens came from the cache.
+    /// cache, in chunks of `n_batch`; the last one becomes the pending token. The cached prompt or
+    /// running slot that shares the longest start with it gives the slot those tokens' cells (the
+    /// same tokens at the same positions have the same keys and values, bit for bit): a cached
+    /// prompt is used up, a running slot's cells are shared (concurrent requests with one system
+    /// prompt decode it once). The other slots go on unchanged. Returns how many prompt tokens
+    /// came from the cache.
     pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
         if slot >= self.slots.len() {
             return Err(Error::Invalid(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
@@ -356,20 +365,23 @@ impl<'m> Session<'m> {
             return Err(Error::Invalid(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
         }
         let seq = self.seq_base(slot);
-        // Sliding-window layers may have dropped a long sequence's early cells; reuse only a
-        // sequence that still has all of them.
-        let best = (0..self.parked.len())
-            .map(|i| (common_prefix(&self.parked[i].tokens, head), i))
-            .filter(|&(keep, i)| keep > 0 && self.ctx.kv_cache_seq_pos_min(self.parked_seq(i)) == 0)
-            .max();
         let mut keep = 0;
-        if let Some((k, i)) = best {
-            let from = self.parked_seq(i);
-            self.ctx.kv_cache_seq_cp(from, seq, None, Some(k as u32)).map_err(|e| llama_err("reusing a cached prompt", e))?;
-            self.drop_parked(i, k)?;
-            self.slots[slot].committed.extend_from_slice(&head[..k]);
-            keep = k;
+        match self.longest_cached_start(slot, head) {
+            Some((k, CachedStart::Parked(i))) => {
+                // The cached prompt is used up: its first k cells pass to the slot.
+                self.ctx.kv_cache_seq_cp(self.parked_seq(i), seq, None, Some(k as u32)).map_err(|e| llama_err("reusing a cached prompt", e))?;
+                self.drop_parked(i, k)?;
+                keep = k;
+            }
+            Some((k, CachedStart::Slot(other))) => {
+                // The cells stay the other slot's too: a cell is freed when no sequence holds it.
+                let from = self.seq_base(other);
+                self.ctx.kv_cache_seq_cp(from, seq, None, Some(k as u32)).map_err(|e| llama_err("sharing a running prompt", e))?;
+                keep = k;
+            }
+            None => {}
         }
+        self.slots[slot].committed.extend_from_slice(&head[..keep]);
         self.make_room(head.len() - keep + 1)?;
         for chunk in head[keep..].chunks(self.options.n_batch as usize) {
             self.batch.clear();
@@ -387,6 +399,25 @@ impl<'m> Session<'m> {
         }
         self.slots[slot].pending = Some(last);
         Ok(keep)
+    }
+
+    /// The cached prompt or running slot whose committed tokens share the longest start with
+    /// `head` (a cached prompt first among equals, as it frees a sequence id). Sliding-window
+    /// layers may have dropped a long sequence's early cells; only a sequence that still has all
+    /// of them qualifies.
+    fn longest_cached_start(&self, slot: usize, head: &[u32]) -> Option<(usize, CachedStart)> {
+        let parked = (0..self.parked.len())
+            .map(|i| (common_prefix(&self.parked[i].tokens, head), self.parked_seq(i), CachedStart::Parked(i)));
+        let running = (0..self.slots.len())
+            .filter(|&s| s != slot)
+            .map(|s| (common_prefix(&self.slots[s].committed, head), self.seq_base(s), CachedStart::Slot(s)));
+        let mut best: Option<(usize, CachedStart)> = None;
+        for (keep, seq, source) in parked.chain(running) {
+            if keep > best.as_ref().map_or(0, |b| b.0) && self.ctx.kv_cache_seq_pos_min(seq) == 0 {
+                best = Some((keep, source));
+            }
+        }
+        best
     }
 
     /// End `slot`'s generation. Its tokens stay in the cache as a cached prompt (the oldest one
