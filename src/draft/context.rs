@@ -18,6 +18,12 @@ impl Default for ContextDrafter {
     }
 }
 
+/// The estimate for a token after a match of `m` tokens (spread over the range so that
+/// calibration can tell matches of 1 to about 12 tokens apart).
+fn match_estimate(m: usize) -> f64 {
+    1.0 - 0.7f64.powi(m.min(64) as i32)
+}
+
 /// Length of the common suffix of `a[..i]` and `a` (capped), i.e. how well position `i` matches
 /// the end of the context.
 fn suffix_match(a: &[u32], i: usize, cap: usize) -> usize {
@@ -57,10 +63,10 @@ impl Proposer for ContextDrafter {
             if tokens.is_empty() || out.iter().any(|c| c.tokens.starts_with(&tokens)) {
                 continue;
             }
-            // a longer match predicts better (spread over the range so that calibration can
-            // tell matches of 1 to 8 tokens apart)
-            let p_first = 1.0 - 0.7f64.powi(m as i32);
-            out.push(Candidate::uniform(tokens, p_first));
+            // A longer match predicts better, and a copy that went on for d more tokens has
+            // become a match of m + d: deep tokens of a long copy are the surest of all.
+            let scores = (0..tokens.len()).map(|d| match_estimate(m + d)).collect();
+            out.push(Candidate { tokens, scores });
         }
         out
     }
@@ -79,6 +85,7 @@ mod tests {
         assert_eq!(c[0].tokens, vec![5, 8, 1], "most recent of the equally long matches first");
         assert_eq!(c[1].tokens, vec![4, 9, 1]);
         assert!(c.iter().all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
+        assert!(c[0].scores.windows(2).all(|w| w[0] < w[1]), "deeper tokens of a copy are surer: {:?}", c[0].scores);
         assert!(d.propose(&[1], 4).is_empty());
         assert!(d.propose(&[1, 2, 3], 4).is_empty(), "no earlier occurrence of the last token");
     }

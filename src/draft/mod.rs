@@ -98,15 +98,17 @@ pub struct SourceStats {
     pub accepted: u64,
 }
 
-const SCORE_BINS: usize = 8;
+/// Upper edges of the estimate bins but the last; fine near 1, where long copies live.
+const SCORE_EDGES: [f64; 9] = [0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 0.98];
+const SCORE_BINS: usize = SCORE_EDGES.len() + 1;
 /// A source's own estimate counts as this many observations at this fraction of its value
 /// (sources are optimistic until outcomes say otherwise).
 const PRIOR_WEIGHT: f64 = 2.0;
 const PRIOR_SCALE: f64 = 0.8;
-const DEPTH_BINS: usize = 4;
+const DEPTH_BINS: usize = 5;
 
 fn score_bin(raw: f64) -> usize {
-    ((raw.clamp(0.0, 1.0) * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+    SCORE_EDGES.iter().take_while(|&&edge| raw >= edge).count()
 }
 
 fn depth_bin(depth: usize) -> usize {
@@ -114,7 +116,8 @@ fn depth_bin(depth: usize) -> usize {
         0 | 1 => 0,
         2..=3 => 1,
         4..=7 => 2,
-        _ => 3,
+        8..=15 => 3,
+        _ => 4,
     }
 }
 
