@@ -3,7 +3,7 @@
 under the same load, same model, same threads, one server at a time.
 
 Usage:
-  scripts/bench_serve.py [--clients 4] [--duration 30] [--threads 2] [--classes copy,code,chat]
+  scripts/bench_serve.py [--clients 4] [--duration 60] [--threads 2] [--classes copy,code,chat]
                          [--out data/bench-serve]
 
 Load: --clients concurrent clients, each sending its next greedy completion (128 new tokens) as soon
@@ -65,7 +65,7 @@ def start_llama(model, mode, threads, logs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--clients', type=int, default=4)
-    ap.add_argument('--duration', type=float, default=30)
+    ap.add_argument('--duration', type=float, default=60)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--classes', default='copy,code,chat')
     ap.add_argument('--prompts-from', default='data/bench-generate/prompts')
