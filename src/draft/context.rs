@@ -55,7 +55,7 @@ impl Proposer for ContextDrafter {
         // longest matches first, the most recent among equals
         matches.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
         let mut out: Vec<Candidate> = Vec::new();
-        for (m, i) in matches {
+        for &(m, i) in &matches {
             if out.len() >= self.max_candidates {
                 break;
             }
@@ -65,7 +65,13 @@ impl Proposer for ContextDrafter {
             }
             // A longer match predicts better, and a copy that went on for d more tokens has
             // become a match of m + d: deep tokens of a long copy are the surest of all.
-            let scores = (0..tokens.len()).map(|d| match_estimate(m + d)).collect();
+            let mut scores: Vec<f64> = (0..tokens.len()).map(|d| match_estimate(m + d)).collect();
+            // Among the occurrences matching at least as long, the share that went on with this
+            // token: a continuation that followed one of many is less likely than one that
+            // followed all of them.
+            let peers = matches.partition_point(|&(mj, _)| mj >= m);
+            let agree = matches[..peers].iter().filter(|&&(_, j)| context[j] == tokens[0]).count();
+            scores[0] *= 0.5 + 0.5 * agree as f64 / peers as f64;
             out.push(Candidate { tokens, scores });
         }
         out
@@ -86,6 +92,10 @@ mod tests {
         assert_eq!(c[1].tokens, vec![4, 9, 1]);
         assert!(c.iter().all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
         assert!(c[0].scores.windows(2).all(|w| w[0] < w[1]), "deeper tokens of a copy are surer: {:?}", c[0].scores);
+        // "7" was followed by 5 twice and by 6 once: at equal match length, 5 is the surer guess
+        let c = d.propose(&[1, 7, 5, 2, 7, 6, 3, 7, 5, 4, 7], 1);
+        let first = |t: u32| c.iter().find(|x| x.tokens[0] == t).unwrap().scores[0];
+        assert!(first(5) > first(6), "{c:?}");
         assert!(d.propose(&[1], 4).is_empty());
         assert!(d.propose(&[1, 2, 3], 4).is_empty(), "no earlier occurrence of the last token");
     }

@@ -262,7 +262,8 @@ impl<'m> Session<'m> {
         (0..self.slots.len()).find(|&s| self.slot_is_free(s))
     }
 
-    /// Cells in use: every slot's committed tokens, the prompt cache and the retired cells.
+    /// Cells in use: every slot's committed tokens, the prompt cache and the retired cells. Cells
+    /// that slots share are counted once per slot, as compaction stores them (an upper bound until then).
     fn used_cells(&self) -> usize {
         self.retired
             + self.slots.iter().map(|s| s.committed.len()).sum::<usize>()
@@ -365,22 +366,21 @@ impl<'m> Session<'m> {
             return Err(Error::Invalid(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
         }
         let seq = self.seq_base(slot);
-        let mut keep = 0;
-        match self.longest_cached_start(slot, head) {
+        let keep = match self.longest_cached_start(slot, head) {
             Some((k, CachedStart::Parked(i))) => {
                 // The cached prompt is used up: its first k cells pass to the slot.
                 self.ctx.kv_cache_seq_cp(self.parked_seq(i), seq, None, Some(k as u32)).map_err(|e| llama_err("reusing a cached prompt", e))?;
                 self.drop_parked(i, k)?;
-                keep = k;
+                k
             }
             Some((k, CachedStart::Slot(other))) => {
                 // The cells stay the other slot's too: a cell is freed when no sequence holds it.
                 let from = self.seq_base(other);
                 self.ctx.kv_cache_seq_cp(from, seq, None, Some(k as u32)).map_err(|e| llama_err("sharing a running prompt", e))?;
-                keep = k;
+                k
             }
-            None => {}
-        }
+            None => 0,
+        };
         self.slots[slot].committed.extend_from_slice(&head[..keep]);
         self.make_room(head.len() - keep + 1)?;
         for chunk in head[keep..].chunks(self.options.n_batch as usize) {
