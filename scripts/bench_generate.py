@@ -32,14 +32,17 @@ attention are the same everywhere. Tokens/s counts generated tokens over the dec
 processing excluded) as each tool reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead
 "decoded N tokens in S seconds", llama-server timings.predicted_per_second.
 
-The recycling matrix is saved next to each index and loaded by the next run, as for a user: runs
-later in the benchmark start from rows that earlier runs refreshed (`recycle` and `all` runs only).
+Every ibid run starts from the recycling matrix warm-started from the class's index alone
+(--no-recycle-save; a matrix saved next to the index is set aside for the benchmark and put back
+after): a matrix that learnt from an earlier run of the same prompt would have memorized its answer.
 
 Writes OUT/results.md (printed), OUT/results.json, OUT/logs/, OUT/prompts/.
 """
 
 import argparse
 import ast
+import contextlib
+import glob
 import gzip
 import json
 import os
@@ -246,7 +249,7 @@ def ibid_run(model, p, method, args, logs):
     report = prefix + '.json'
     cmd = [IBID, '--threads', str(args.threads), 'generate', '--model', model, '--prompt-file', p['path'],
            '--max-tokens', str(args.max_tokens), '--index', CLASS_INDEX[p['class']], '--report', report,
-           '--draft', 'none' if method == 'plain' else method]
+           '--draft', 'none' if method == 'plain' else method, '--no-recycle-save']
     if method == 'oracle':
         cmd += ['--oracle', os.path.join(logs, f'{p["id"]}-ibid-plain.json')]
     run_logged(cmd, prefix)
@@ -415,6 +418,42 @@ def write_results(out, md, data):
     print(md)
 
 
+@contextlib.contextmanager
+def matrices_set_aside(index_dirs):
+    """Move saved recycling matrices out of the way for the benchmark and put them back after."""
+    moved = []
+    try:
+        for d in sorted(index_dirs):
+            for f in glob.glob(os.path.join(ROOT, d, 'recycle-*.bin')):
+                os.replace(f, f + '.bench-aside')
+                moved.append(f)
+        yield
+    finally:
+        for f in moved:
+            os.replace(f + '.bench-aside', f)
+
+
+def run_all(args, model, prompts, caches, results, ibid_methods, logs):
+    """Every method on every prompt, then each llama-server mode over all prompts."""
+    t0 = time.monotonic()
+    for p in prompts:
+        for m in ibid_methods:
+            results[p['id']][f'ibid {m}'] = ibid_run(model, p, m, args, logs)
+        if not args.no_llama:
+            results[p['id']]['lookup'] = llama_example('llama-lookup', model, p, args, logs)
+            results[p['id']]['lookup+static'] = llama_example('llama-lookup', model, p, args, logs,
+                                                              ('-lcs', caches[p['class']]))
+            if not args.no_lookahead and int(p['id'].rsplit('-', 1)[1]) < args.lookahead_prompts:
+                results[p['id']]['lookahead'] = llama_example('llama-lookahead', model, p, args, logs)
+        r = results[p['id']]
+        log(p['id'], ' '.join(f'{m}={v["tps"]:.1f}' for m, v in r.items()), f'({time.monotonic() - t0:.0f} s)')
+    if not args.no_llama and not args.no_server:
+        for mode in SERVER_MODES:
+            for pid, res in server_runs(model, mode, prompts, args, logs).items():
+                results[pid][f'server:{mode}'] = res
+            log(f'server {mode} done ({time.monotonic() - t0:.0f} s)')
+
+
 def main():
     ap = run_arguments(__doc__, 'data/bench-generate')
     ap.add_argument('--methods', default=','.join(IBID_METHODS), help='ibid methods to run')
@@ -436,23 +475,8 @@ def main():
     prompts = write_prompts(classes, args.prompts, out)
     caches = {} if args.no_llama else {cls: static_cache(model, cls, args) for cls in classes}
     results = {p['id']: {} for p in prompts}
-    t0 = time.monotonic()
-    for p in prompts:
-        for m in ibid_methods:
-            results[p['id']][f'ibid {m}'] = ibid_run(model, p, m, args, logs)
-        if not args.no_llama:
-            results[p['id']]['lookup'] = llama_example('llama-lookup', model, p, args, logs)
-            results[p['id']]['lookup+static'] = llama_example('llama-lookup', model, p, args, logs,
-                                                              ('-lcs', caches[p['class']]))
-            if not args.no_lookahead and int(p['id'].rsplit('-', 1)[1]) < args.lookahead_prompts:
-                results[p['id']]['lookahead'] = llama_example('llama-lookahead', model, p, args, logs)
-        r = results[p['id']]
-        log(p['id'], ' '.join(f'{m}={v["tps"]:.1f}' for m, v in r.items()), f'({time.monotonic() - t0:.0f} s)')
-    if not args.no_llama and not args.no_server:
-        for mode in SERVER_MODES:
-            for pid, res in server_runs(model, mode, prompts, args, logs).items():
-                results[pid][f'server:{mode}'] = res
-            log(f'server {mode} done ({time.monotonic() - t0:.0f} s)')
+    with matrices_set_aside({CLASS_INDEX[c] for c in classes}):
+        run_all(args, model, prompts, caches, results, ibid_methods, logs)
     methods = [f'ibid {m}' for m in ibid_methods]
     if not args.no_llama:
         methods += ['lookup', 'lookup+static'] + ([] if args.no_lookahead else ['lookahead'])

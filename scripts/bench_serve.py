@@ -10,7 +10,8 @@ Load: --clients concurrent clients, each sending its next greedy completion (128
 as the last is answered, for --duration seconds (requests in flight then finish), cycling through
 the class's prompts from scripts/bench_generate.py (run that first: its prompts and indexes are
 reused). Servers: ibid serve --index <class index> (drafting on, the default, its cost curve from
-`ibid calibrate` first), and llama-server
+`ibid calibrate` first; its recycling matrix warm-started from the index alone: a matrix saved
+there by earlier runs of these prompts is set aside for the benchmark), and llama-server
 (from scripts/build_llama_tools.sh) with its default slots (-np auto: it batches concurrent
 requests) and flash attention on, --spec-type none and each n-gram mode. Reported per class and
 server: completion tokens/s over the run, p50 and p99 request latency, requests, errors.
@@ -27,7 +28,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load_test import run_load  # noqa: E402
-from bench_generate import CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, md_table, stop_server, wait_ready  # noqa: E402
+from bench_generate import (CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, matrices_set_aside, md_table,  # noqa: E402
+                            stop_server, wait_ready)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,23 +64,9 @@ def start_llama(model, mode, threads, logs):
     return proc, f'http://127.0.0.1:{port}', err
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--clients', type=int, default=4)
-    ap.add_argument('--duration', type=float, default=60)
-    ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--classes', default='copy,code,chat')
-    ap.add_argument('--prompts-from', default='data/bench-generate/prompts')
-    ap.add_argument('--out', default='data/bench-serve')
-    args = ap.parse_args()
-    out = os.path.join(ROOT, args.out)
-    logs = os.path.join(out, 'logs')
-    os.makedirs(logs, exist_ok=True)
-    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.strip()
-    cache = calibrate(model, args.threads)
-    results, rows = {}, []
-    for cls in args.classes.split(','):
+def serve_all(args, model, cache, logs, classes, results, rows):
+    """Each class against ibid serve and every llama-server mode, one server at a time."""
+    for cls in classes:
         files = sorted(glob.glob(os.path.join(ROOT, args.prompts_from, f'{cls}-*.txt')))
         if not files:
             sys.exit(f'bench_serve: no {cls} prompts in {args.prompts_from}: run scripts/bench_generate.py first')
@@ -105,6 +93,27 @@ def main():
                          f'{ibid["tokens_per_s"] / s["tokens_per_s"]:.2f}' if name != 'ibid serve' else '–'])
         rows.append([cls, f'**best llama-server: {best[0].split(" ", 1)[1]}**', '', '', '', '', '',
                      f'**{ibid["tokens_per_s"] / best[1]["tokens_per_s"]:.2f}**'])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--clients', type=int, default=4)
+    ap.add_argument('--duration', type=float, default=60)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--classes', default='copy,code,chat')
+    ap.add_argument('--prompts-from', default='data/bench-generate/prompts')
+    ap.add_argument('--out', default='data/bench-serve')
+    args = ap.parse_args()
+    out = os.path.join(ROOT, args.out)
+    logs = os.path.join(out, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    cache = calibrate(model, args.threads)
+    results, rows = {}, []
+    classes = args.classes.split(',')
+    with matrices_set_aside({CLASS_INDEX[c] for c in classes}):
+        serve_all(args, model, cache, logs, classes, results, rows)
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
     md = (f'{args.clients} concurrent clients, {args.duration:.0f} s per server and class, greedy, 128 new tokens per '
           f'request, {args.threads} threads, Gemma 3 270M Q4_K_M, {cpu}.\n\n' +
