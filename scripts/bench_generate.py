@@ -424,6 +424,10 @@ def matrices_set_aside(index_dirs):
     moved = []
     try:
         for d in sorted(index_dirs):
+            # A run killed before it could put its matrices back left them aside: back first.
+            for f in glob.glob(os.path.join(ROOT, d, 'recycle-*.bin.bench-aside')):
+                if not os.path.exists(f[:-len('.bench-aside')]):
+                    os.replace(f, f[:-len('.bench-aside')])
             for f in glob.glob(os.path.join(ROOT, d, 'recycle-*.bin')):
                 os.replace(f, f + '.bench-aside')
                 moved.append(f)

@@ -413,7 +413,7 @@ impl<'m> Session<'m> {
             .map(|s| (common_prefix(&self.slots[s].committed, head), self.seq_base(s), CachedStart::Slot(s)));
         let mut best: Option<(usize, CachedStart)> = None;
         for (keep, seq, source) in parked.chain(running) {
-            if keep > best.as_ref().map_or(0, |b| b.0) && self.ctx.kv_cache_seq_pos_min(seq) == 0 {
+            if keep > best.map_or(0, |b| b.0) && self.ctx.kv_cache_seq_pos_min(seq) == 0 {
                 best = Some((keep, source));
             }
         }
