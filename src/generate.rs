@@ -196,9 +196,11 @@ pub fn generate(
     let mut generation = Generation::new(prompt.len(), options, start.elapsed().as_secs_f64())?;
     let n_ctx = session.options().n_ctx as usize;
     while !generation.is_done() {
+        let started = Instant::now();
         let budget = generation.budget(session.len(), n_ctx)?;
         let mut tree = if budget > 0 { drafter.draft(&session.tokens(), budget) } else { DraftTree::new() };
         tree.truncate(budget.min(tree.len()));
+        let drafted = started.elapsed();
         let wants_logits = drafter.wants_logits();
         let pending = session.pending().expect("a prefilled session has a pending token");
         let outcome = session.step(&tree, &mut generation.chooser, |node, logits| {
@@ -206,7 +208,16 @@ pub fn generate(
                 drafter.observe_logits(node.map_or(pending, |n| tree.token(n)), logits);
             }
         })?;
+        let verified = started.elapsed();
         drafter.observe(&tree, &outcome);
+        tracing::debug!(
+            rows = 1 + tree.len(),
+            tokens = outcome.emitted.len(),
+            draft_ms = drafted.as_secs_f64() * 1e3,
+            verify_ms = (verified - drafted).as_secs_f64() * 1e3,
+            observe_ms = (started.elapsed() - verified).as_secs_f64() * 1e3,
+            "step"
+        );
         generation.absorb(model, tree.len(), &outcome, &mut on_token);
     }
     Ok(generation.finish())

@@ -692,10 +692,6 @@ fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usiz
 
 fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     use std::sync::Arc;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IBID_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
     let mut sources = ibid::server::DraftSources::none();
     for s in &args.draft {
         match s.as_str() {
@@ -795,6 +791,13 @@ fn main() {
         std::env::set_var("OMP_WAIT_POLICY", "passive");
     }
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    // Off unless IBID_LOG asks (e.g. IBID_LOG=ibid=debug for per-step timings); the server logs at info.
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IBID_LOG").unwrap_or_else(|_| default_log.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     ibid::llama::set_kernels(if cli.fast_kernels { ibid::llama::Kernels::Fast } else { ibid::llama::Kernels::Exact });
     if !cli.fast_kernels && ibid::llama::repacked_build() && matches!(cli.command, Command::Generate(_) | Command::Serve(_)) {
         eprintln!("ibid: warning: llama.cpp was built with GGML_CPU_REPACK on, so batched logits depend on the batch size and accelerated output may differ from plain decoding at near-ties (README, Exactness)");

@@ -102,8 +102,12 @@ pub struct SourceStats {
 const SCORE_EDGES: [f64; 9] = [0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 0.98];
 const SCORE_BINS: usize = SCORE_EDGES.len() + 1;
 /// A source's own estimate counts as this many observations at this fraction of its value
-/// (sources are optimistic until outcomes say otherwise).
-const PRIOR_WEIGHT: f64 = 2.0;
+/// (sources are optimistic until outcomes say otherwise). Each of the three levels shrinks toward
+/// the one above, so a few early failures count three times: with a weight of 2, four rejected
+/// first drafts cut a source to a twentieth of its estimate, below every other source, and it was
+/// never drafted again for the rest of the run (HumanEval prompt 3: context 4 drafts, 1.06× plain,
+/// against 1.41× with the context alone). 8 was best of 2, 4, 8 and 16 on code, copy and chat.
+const PRIOR_WEIGHT: f64 = 8.0;
 const PRIOR_SCALE: f64 = 0.8;
 const DEPTH_BINS: usize = 5;
 
@@ -450,6 +454,27 @@ mod tests {
             assert_eq!(cut.tree.len(), first_over.map_or(r.tree.len(), |k| k - 1), "{max}");
             assert_eq!((cut.path_p.len(), cut.raw.len()), (cut.tree.len(), cut.tree.len()));
         }
+    }
+
+    #[test]
+    fn a_few_early_failures_do_not_silence_a_source_but_many_do() {
+        let mut c = Calibration::new(2);
+        let before = c.p(0, 0.6, 1);
+        for _ in 0..4 {
+            c.record(0, 0.6, 1, false);
+        }
+        let after_four = c.p(0, 0.6, 1);
+        assert!(after_four < before && after_four > before / 3.0, "{before} → {after_four}");
+        for _ in 0..36 {
+            c.record(0, 0.6, 1, false);
+        }
+        assert!(c.p(0, 0.6, 1) < 0.05, "{}", c.p(0, 0.6, 1));
+        // the other source is untouched; one that keeps succeeding climbs above its own estimate
+        assert_eq!(c.p(1, 0.6, 1), before);
+        for _ in 0..40 {
+            c.record(1, 0.6, 1, true);
+        }
+        assert!(c.p(1, 0.6, 1) > 0.85, "{}", c.p(1, 0.6, 1));
     }
 
     #[test]
