@@ -40,6 +40,11 @@ impl Proposer for ContextDrafter {
         "context"
     }
 
+    /// Its estimate nears 1 only along long exact matches.
+    fn sure_when_certain(&self) -> bool {
+        true
+    }
+
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
         let n = context.len();
         if n < 2 {

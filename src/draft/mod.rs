@@ -46,6 +46,12 @@ pub trait Proposer {
     /// Learn from a verification step; `source` is this proposer's id in the tree.
     fn observe(&mut self, _tree: &DraftTree, _outcome: &StepOutcome, _source: SourceId) {}
 
+    /// Whether an estimate near 1 means near-certain (a long exact match), so that calibration
+    /// does not discount it as it discounts the rest.
+    fn sure_when_certain(&self) -> bool {
+        false
+    }
+
     /// Whether [`Proposer::observe_logits`] should be called (it costs a pass over the logits).
     fn wants_logits(&self) -> bool {
         false
@@ -76,6 +82,9 @@ impl<P: Proposer + ?Sized> Proposer for &mut P {
     }
     fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome, source: SourceId) {
         (**self).observe(tree, outcome, source)
+    }
+    fn sure_when_certain(&self) -> bool {
+        (**self).sure_when_certain()
     }
     fn wants_logits(&self) -> bool {
         (**self).wants_logits()
@@ -111,6 +120,22 @@ const PRIOR_WEIGHT: f64 = 8.0;
 const PRIOR_SCALE: f64 = 0.8;
 const DEPTH_BINS: usize = 5;
 
+/// A source's estimate as the prior of its acceptance rate: discounted (sources are optimistic
+/// until outcomes say otherwise), except, for a source whose near-certain estimates are meant
+/// (`sure`), the discount fades out between 0.97 and 0.999: the deep tokens of a long copy are
+/// accepted nearly always, and a chain of 40 discounted by 0.8 each would never be drafted.
+fn prior_of(raw: f64, sure: bool) -> f64 {
+    if sure {
+        let raw = raw.clamp(0.01, SURE_CEILING);
+        let trust = ((raw - 0.97) / (SURE_CEILING - 0.97)).clamp(0.0, 1.0);
+        raw * (PRIOR_SCALE + (1.0 - PRIOR_SCALE) * trust)
+    } else {
+        raw.clamp(0.01, 0.99) * PRIOR_SCALE
+    }
+}
+
+const SURE_CEILING: f64 = 0.999;
+
 fn score_bin(raw: f64) -> usize {
     SCORE_EDGES.iter().take_while(|&&edge| raw >= edge).count()
 }
@@ -137,11 +162,15 @@ struct Calibration {
     /// Per source over all reached nodes: the sum of its own estimates and the nodes accepted.
     predicted: Vec<f64>,
     hits: Vec<f64>,
+    /// Per source: whether its near-certain estimates are meant ([`Proposer::sure_when_certain`]).
+    sure: Vec<bool>,
 }
 
 impl Calibration {
-    fn new(sources: usize) -> Self {
+    fn new(sure: Vec<bool>) -> Self {
+        let sources = sure.len();
         Calibration {
+            sure,
             reached: vec![Default::default(); sources],
             accepted: vec![Default::default(); sources],
             source_reached: vec![Default::default(); sources],
@@ -158,7 +187,8 @@ impl Calibration {
     fn p(&self, source: usize, raw: f64, depth: usize) -> f64 {
         let (b, d) = (score_bin(raw), depth_bin(depth));
         let fared = (self.hits[source] + PRIOR_WEIGHT) / (self.predicted[source] + PRIOR_WEIGHT);
-        let raw = (raw.clamp(0.01, 0.99) * PRIOR_SCALE * fared).min(0.99);
+        let sure = self.sure[source];
+        let raw = (prior_of(raw, sure) * fared).min(if sure { SURE_CEILING } else { 0.99 });
         let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw) / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
         (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
     }
@@ -169,7 +199,7 @@ impl Calibration {
         self.accepted[source][b][d] += u32::from(accepted);
         self.source_reached[source][d] += 1;
         self.source_accepted[source][d] += u32::from(accepted);
-        self.predicted[source] += raw.clamp(0.01, 0.99) * PRIOR_SCALE;
+        self.predicted[source] += prior_of(raw, self.sure[source]);
         self.hits[source] += f64::from(u8::from(accepted));
     }
 }
@@ -205,13 +235,14 @@ pub struct Combined<'a> {
 impl<'a> Combined<'a> {
     pub fn new(proposers: Vec<Box<dyn Proposer + 'a>>) -> Self {
         let n = proposers.len();
+        let sure = proposers.iter().map(|p| p.sure_when_certain()).collect();
         Combined {
             proposers,
             stats: vec![SourceStats::default(); n],
-            max_depth: 32,
+            max_depth: MAX_AUTO_BUDGET,
             budget: None,
             budgets: Vec::new(),
-            calibration: Calibration::new(n),
+            calibration: Calibration::new(sure),
             last_raw: Vec::new(),
         }
     }
@@ -458,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_few_early_failures_do_not_silence_a_source_but_many_do() {
-        let mut c = Calibration::new(2);
+        let mut c = Calibration::new(vec![false, false]);
         let before = c.p(0, 0.6, 1);
         for _ in 0..4 {
             c.record(0, 0.6, 1, false);
@@ -475,6 +506,17 @@ mod tests {
             c.record(1, 0.6, 1, true);
         }
         assert!(c.p(1, 0.6, 1) > 0.85, "{}", c.p(1, 0.6, 1));
+    }
+
+    #[test]
+    fn near_certain_estimates_of_a_sure_source_are_not_discounted() {
+        let c = Calibration::new(vec![true, false]);
+        let chain = |source: usize| (1..=40).map(|d| c.p(source, 0.9995, d)).product::<f64>();
+        assert!(chain(0) > 0.9, "{}", chain(0)); // a 40-token copy is worth drafting at once
+        assert!(chain(1) < 1e-3, "{}", chain(1));
+        // below 0.97 both are discounted alike
+        assert_eq!(c.p(0, 0.9, 1), c.p(1, 0.9, 1));
+        assert!(c.p(0, 0.9, 1) < 0.75);
     }
 
     #[test]

@@ -20,6 +20,11 @@ impl Proposer for OracleDrafter {
         "oracle"
     }
 
+    /// It drafts the known continuation.
+    fn sure_when_certain(&self) -> bool {
+        true
+    }
+
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
         // The context is the prompt and the tokens generated so far; the first draft node guesses
         // the next one. While the output follows the reference that is `reference[generated]`;
