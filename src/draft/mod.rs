@@ -228,8 +228,8 @@ pub struct Combined<'a> {
     /// Budgets chosen, for `--stats`.
     pub budgets: Vec<usize>,
     calibration: Calibration,
-    /// (raw estimate) of each node of the last tree, for `observe`.
-    last_raw: Vec<f64>,
+    /// The last tree with its estimates and shadow nodes, for `observe`.
+    last: Ranked,
 }
 
 impl<'a> Combined<'a> {
@@ -243,7 +243,7 @@ impl<'a> Combined<'a> {
             budget: None,
             budgets: Vec::new(),
             calibration: Calibration::new(sure),
-            last_raw: Vec::new(),
+            last: Ranked::default(),
         }
     }
 
@@ -305,13 +305,29 @@ impl<'a> Combined<'a> {
 
     /// Learn from a verification step of a tree made by [`Self::rank`] (`raw`: its estimates,
     /// cut like the tree): acceptance per source, the calibration, and each source's own lessons.
-    pub fn observe_ranked(&mut self, tree: &DraftTree, raw: &[f64], outcome: &StepOutcome) {
+    pub fn observe_ranked(&mut self, ranked: &Ranked, outcome: &StepOutcome) {
+        let (tree, raw) = (&ranked.tree, &ranked.raw);
         let accepted = count_by_source(tree, outcome, &mut self.stats);
         for node in 0..tree.len() {
             let s = tree.source(node) as usize;
             if s < self.stats.len() && tree.parent(node).is_none_or(|p| accepted[p]) {
                 if let Some(&raw) = raw.get(node) {
                     self.calibration.record(s, raw, tree.depth(node), accepted[node]);
+                }
+            }
+        }
+        // The token chosen after the last accepted node judges the shadow nodes below it.
+        let last = outcome.accepted.last().copied();
+        if let Some(&chosen) = outcome.emitted.get(outcome.accepted.len()) {
+            let depth = last.map_or(1, |n| tree.depth(n) + 1);
+            // Only each source's best one there: the others are the alternatives that a tree
+            // drafts only when there is budget to spare, and their failures would pull down the
+            // source's rate at that depth for its best candidates too.
+            let mut judged: Vec<SourceId> = Vec::new();
+            for sh in ranked.shadow.iter().filter(|sh| sh.parent == last && (sh.source as usize) < self.stats.len()) {
+                if !judged.contains(&sh.source) {
+                    judged.push(sh.source);
+                    self.calibration.record(sh.source as usize, sh.raw, depth, sh.token == chosen);
                 }
             }
         }
@@ -365,11 +381,35 @@ pub struct Ranked {
     pub tree: DraftTree,
     pub path_p: Vec<f64>,
     pub raw: Vec<f64>,
+    /// Nodes the cut left out whose parent it kept (or that continue the root).
+    pub shadow: Vec<Shadow>,
+}
+
+/// A candidate node that was not verified but hangs right below the tree: once the step has
+/// chosen a token after its parent, whether it would have been accepted is known. Calibration
+/// learns from it at no cost, as if it had been verified: sources that a few failures ranked out
+/// keep being judged on their first tokens, and the depth just past each accepted path is judged
+/// every step, so the trust in long chains grows as fast as they succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    pub parent: Option<usize>,
+    pub token: u32,
+    pub source: SourceId,
+    pub raw: f64,
 }
 
 impl Ranked {
-    /// Keep the best `keep` nodes (a child never comes before its parent).
+    /// Keep the best `keep` nodes (a child never comes before its parent); the cut-off children
+    /// of kept nodes become shadow nodes.
     pub fn truncate(&mut self, keep: usize) {
+        let kept = |parent: Option<usize>| parent.is_none_or(|p| p < keep);
+        self.shadow.retain(|s| kept(s.parent));
+        for n in keep..self.tree.len() {
+            let parent = self.tree.parent(n);
+            if kept(parent) {
+                self.shadow.push(Shadow { parent, token: self.tree.token(n), source: self.tree.source(n), raw: self.raw[n] });
+            }
+        }
         self.tree.truncate(keep);
         self.path_p.truncate(keep);
         self.raw.truncate(keep);
@@ -429,13 +469,18 @@ impl Drafter for Combined<'_> {
         let keep = self.budget.as_mut().map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
         ranked.truncate(keep);
         self.budgets.push(keep);
-        self.last_raw = ranked.raw;
-        ranked.tree
+        let tree = ranked.tree.clone();
+        self.last = ranked;
+        tree
     }
 
     fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome) {
-        let raw = std::mem::take(&mut self.last_raw);
-        self.observe_ranked(tree, &raw, outcome);
+        let mut last = std::mem::take(&mut self.last);
+        if last.tree != *tree {
+            // the caller cut the tree further (room or tokens left)
+            last.truncate(tree.len());
+        }
+        self.observe_ranked(&last, outcome);
     }
 
     fn wants_logits(&self) -> bool {
@@ -517,6 +562,34 @@ mod tests {
         // below 0.97 both are discounted alike
         assert_eq!(c.p(0, 0.9, 1), c.p(1, 0.9, 1));
         assert!(c.p(0, 0.9, 1) < 0.75);
+    }
+
+    #[test]
+    fn shadow_nodes_teach_the_calibration_without_being_verified() {
+        // two sources propose different first tokens; steps verify nothing (budget 0)
+        let proposers: Vec<Box<dyn Proposer>> =
+            vec![Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.5)])), Box::new(Fixed(vec![Candidate::uniform(vec![7], 0.5)]))];
+        let mut c = Combined::new(proposers);
+        let first_p = |c: &mut Combined, token: u32| {
+            let r = c.rank(&[0], 8);
+            (0..r.tree.len()).find(|&n| r.tree.token(n) == token && r.tree.parent(n).is_none()).map(|n| r.path_p[n]).unwrap()
+        };
+        let (five, seven) = (first_p(&mut c, 5), first_p(&mut c, 7));
+        for _ in 0..10 {
+            let mut r = c.rank(&[0], 8);
+            r.truncate(0);
+            // the shadow holds each root candidate, and only those (6 is below an unkept node)
+            let mut shadow: Vec<u32> = r.shadow.iter().map(|s| s.token).collect();
+            shadow.sort();
+            assert_eq!(shadow, vec![5, 7]);
+            // the model chose 5: source 0 was right, source 1 wrong
+            let out = StepOutcome { emitted: vec![5], accepted: vec![], margins: vec![1.0], batch_tokens: 1 };
+            c.observe_ranked(&r, &out);
+        }
+        assert!(first_p(&mut c, 5) > five + 0.2, "{five} → {}", first_p(&mut c, 5));
+        assert!(first_p(&mut c, 7) < seven / 2.0, "{seven} → {}", first_p(&mut c, 7));
+        // nothing was drafted, so nothing counts as drafted
+        assert_eq!((c.stats[0].drafted, c.stats[1].drafted), (0, 0));
     }
 
     #[test]

@@ -373,7 +373,7 @@ fn step(
         "step"
     );
     for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
-        drafter.observe_ranked(&k.tree, &k.raw, outcome);
+        drafter.observe_ranked(k, outcome);
         count_by_source(&k.tree, outcome, &mut r.sources);
         let Running { generation, text, stop, events, deadline, stopped, timed_out, done, .. } = &mut **r;
         let generation = generation.as_mut().expect("running");
