@@ -303,8 +303,9 @@ impl<'a> Combined<'a> {
         ranked
     }
 
-    /// Learn from a verification step of a tree made by [`Self::rank`] (`raw`: its estimates,
-    /// cut like the tree): acceptance per source, the calibration, and each source's own lessons.
+    /// Learn from a verification step of a tree made by [`Self::rank`] and cut as verified (with
+    /// its estimates and shadow nodes): acceptance per source, the calibration, and each source's
+    /// own lessons.
     pub fn observe_ranked(&mut self, ranked: &Ranked, outcome: &StepOutcome) {
         let (tree, raw) = (&ranked.tree, &ranked.raw);
         let accepted = count_by_source(tree, outcome, &mut self.stats);
