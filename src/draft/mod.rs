@@ -125,16 +125,25 @@ const DEPTH_BINS: usize = 5;
 /// (`sure`), the discount fades out between 0.97 and 0.999: the deep tokens of a long copy are
 /// accepted nearly always, and a chain of 40 discounted by 0.8 each would never be drafted.
 fn prior_of(raw: f64, sure: bool) -> f64 {
+    let raw = raw.clamp(0.01, ceiling(sure));
     if sure {
-        let raw = raw.clamp(0.01, SURE_CEILING);
         let trust = ((raw - 0.97) / (SURE_CEILING - 0.97)).clamp(0.0, 1.0);
         raw * (PRIOR_SCALE + (1.0 - PRIOR_SCALE) * trust)
     } else {
-        raw.clamp(0.01, 0.99) * PRIOR_SCALE
+        raw * PRIOR_SCALE
     }
 }
 
 const SURE_CEILING: f64 = 0.999;
+
+/// The highest acceptance probability a source's prior may claim.
+fn ceiling(sure: bool) -> f64 {
+    if sure {
+        SURE_CEILING
+    } else {
+        0.99
+    }
+}
 
 fn score_bin(raw: f64) -> usize {
     SCORE_EDGES.iter().take_while(|&&edge| raw >= edge).count()
@@ -188,7 +197,7 @@ impl Calibration {
         let (b, d) = (score_bin(raw), depth_bin(depth));
         let fared = (self.hits[source] + PRIOR_WEIGHT) / (self.predicted[source] + PRIOR_WEIGHT);
         let sure = self.sure[source];
-        let raw = (prior_of(raw, sure) * fared).min(if sure { SURE_CEILING } else { 0.99 });
+        let raw = (prior_of(raw, sure) * fared).min(ceiling(sure));
         let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw) / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
         (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
     }
