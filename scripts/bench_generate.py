@@ -17,7 +17,7 @@ Prompt classes and the index each drafts from:
 
 Methods, each per prompt, in this order:
   ibid plain          ibid generate --draft none   (the reference for speedups and for identity)
-  ibid context|index|recycle  one drafter alone, auto budget
+  ibid context|ngram|index|recycle  one drafter alone, auto budget
   ibid all            every drafter (the default)
   ibid oracle         drafts the plain run's own tokens under the same auto budget: the ceiling
   lookup              llama-lookup (context n-gram cache), its defaults
@@ -60,7 +60,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA_BIN = os.path.join(ROOT, 'data', 'llama.cpp-build', 'build', 'bin')
 IBID = os.path.join(ROOT, 'target', 'release', 'ibid')
-IBID_METHODS = ['plain', 'context', 'index', 'recycle', 'all', 'oracle']
+IBID_METHODS = ['plain', 'context', 'ngram', 'index', 'recycle', 'all', 'oracle']
 SERVER_MODES = ['none', 'ngram-simple', 'ngram-map-k', 'ngram-map-k4v', 'ngram-mod', 'ngram-cache']
 CLASS_INDEX = {'code': 'index/stdlib', 'chat': 'index/corpus', 'copy': 'index/corpus'}
 

@@ -326,7 +326,7 @@ struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: std::net::SocketAddr,
-    /// Draft sources: context, index, recycle, all (the default) or none.
+    /// Draft sources: context, ngram, index, recycle, all (the default) or none.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     draft: Vec<String>,
     /// Requests that may wait for the generator; more are answered 503.
@@ -376,7 +376,7 @@ struct GenerateArgs {
     /// A corpus index to draft from (its tokenizer must match the model).
     #[arg(long)]
     index: Option<PathBuf>,
-    /// Draft sources, a comma list of: context, index, recycle, all (the default: every source
+    /// Draft sources, a comma list of: context, ngram, index, recycle, all (the default: every source
     /// that applies), none (plain decoding), oracle (needs --oracle).
     #[arg(long, value_delimiter = ',')]
     draft: Vec<String>,
@@ -574,8 +574,8 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let prompt_tokens = model.tokenize_prompt(&prompt);
     let want = |name: &str| sources.iter().any(|s| s == name || s == "all" && name != "oracle");
     for s in &sources {
-        if !["none", "context", "index", "recycle", "oracle", "all"].contains(&s.as_str()) {
-            anyhow::bail!("unknown draft source {s:?}: use context, index, recycle, all, none or oracle");
+        if !["none", "context", "ngram", "index", "recycle", "oracle", "all"].contains(&s.as_str()) {
+            anyhow::bail!("unknown draft source {s:?}: use context, ngram, index, recycle, all, none or oracle");
         }
     }
     if sources.iter().any(|s| s == "index") && index.is_none() {
@@ -584,6 +584,9 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let mut proposers: Vec<Box<dyn ibid::draft::Proposer + '_>> = Vec::new();
     if want("context") {
         proposers.push(Box::new(ibid::draft::ContextDrafter::default()));
+    }
+    if want("ngram") {
+        proposers.push(Box::new(ibid::draft::NgramDrafter::default()));
     }
     if let (true, Some(ix)) = (want("index"), &index) {
         proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix)));
@@ -697,10 +700,11 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
         match s.as_str() {
             "all" => sources = ibid::server::DraftSources::all(),
             "context" => sources.context = true,
+            "ngram" => sources.ngram = true,
             "index" => sources.index = true,
             "recycle" => sources.recycle = true,
             "none" => {}
-            other => anyhow::bail!("unknown draft source {other:?}: use context, index, recycle, all or none"),
+            other => anyhow::bail!("unknown draft source {other:?}: use context, ngram, index, recycle, all or none"),
         }
     }
     let model = Arc::new(args.model.load()?);

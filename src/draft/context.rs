@@ -35,6 +35,14 @@ fn suffix_match(a: &[u32], i: usize, cap: usize) -> usize {
     m
 }
 
+/// Up to `len` tokens copied from position `i` on. A copy that reaches the end of the context
+/// goes on with its own start: the context ends as it did `n - i` tokens before, so a loop of
+/// that period continues past what was written so far.
+fn periodic_copy(a: &[u32], i: usize, len: usize) -> Vec<u32> {
+    let period = a.len() - i;
+    (0..len).map(|k| a[i + k % period]).collect()
+}
+
 impl Proposer for ContextDrafter {
     fn name(&self) -> &str {
         "context"
@@ -64,7 +72,7 @@ impl Proposer for ContextDrafter {
             if out.len() >= self.max_candidates {
                 break;
             }
-            let tokens: Vec<u32> = context[i..(i + max_depth).min(n)].to_vec();
+            let tokens = periodic_copy(context, i, max_depth);
             if tokens.is_empty() || out.iter().any(|c| c.tokens.starts_with(&tokens)) {
                 continue;
             }
@@ -86,6 +94,16 @@ impl Proposer for ContextDrafter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_is_drafted_past_the_end_of_the_context() {
+        let mut d = ContextDrafter::default();
+        //          a  b  c  a  b  c  a  b
+        let ctx = [1, 2, 3, 1, 2, 3, 1, 2];
+        let c = d.propose(&ctx, 7);
+        assert_eq!(c[0].tokens, vec![3, 1, 2, 3, 1, 2, 3], "the loop of period 3 goes on");
+        assert!(c[0].scores.windows(2).all(|w| w[0] < w[1]), "{:?}", c[0].scores);
+    }
 
     #[test]
     fn continues_the_longest_recent_match() {

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod context;
+pub mod ngram;
 pub mod oracle;
 pub mod recycle;
 pub mod retrieve;
@@ -13,6 +14,7 @@ use crate::verify::{DraftTree, StepOutcome};
 
 pub use budget::{Budget, MAX_AUTO_BUDGET};
 pub use context::ContextDrafter;
+pub use ngram::NgramDrafter;
 pub use oracle::OracleDrafter;
 pub use recycle::{RecycleDrafter, RecycleMatrix};
 pub use retrieve::IndexDrafter;

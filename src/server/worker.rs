@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::draft::{count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, Proposer, Ranked, RecycleDrafter, SourceStats};
+use crate::draft::{count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, NgramDrafter, Proposer, Ranked, RecycleDrafter, SourceStats};
 use crate::generate::{Drafter, GenerateOptions, Generation, StopReason};
 use crate::verify::session::SlotStep;
 use crate::index::Index;
@@ -51,17 +51,18 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DraftSources {
     pub context: bool,
+    pub ngram: bool,
     pub index: bool,
     pub recycle: bool,
 }
 
 impl DraftSources {
     pub fn all() -> Self {
-        DraftSources { context: true, index: true, recycle: true }
+        DraftSources { context: true, ngram: true, index: true, recycle: true }
     }
 
     pub fn none() -> Self {
-        DraftSources { context: false, index: false, recycle: false }
+        DraftSources { context: false, ngram: false, index: false, recycle: false }
     }
 }
 
@@ -171,6 +172,9 @@ pub fn spawn(
             let mut proposers: Vec<Box<dyn Proposer + '_>> = Vec::new();
             if config.sources.context {
                 proposers.push(Box::new(ContextDrafter::default()));
+            }
+            if config.sources.ngram {
+                proposers.push(Box::new(NgramDrafter::default()));
             }
             if let (true, Some(ix)) = (config.sources.index, &index) {
                 proposers.push(Box::new(IndexDrafter::new(ix)));
