@@ -688,7 +688,7 @@ fn context_drafts_speed_up_a_copy_and_change_nothing() {
     assert!(spec.tokens_per_step() > 2.0, "{}", spec.tokens_per_step());
 }
 
-/// Context, index and recycling drafts together, with the auto budget, on real prompts and an
+/// Context, n-gram, index and recycling drafts together, with the auto budget, on real prompts and an
 /// index over real code: output equal to plain greedy, every verified node
 /// refreshes a row of the recycling matrix, and the matrix saved after the run loads again.
 #[test]
@@ -718,6 +718,7 @@ fn all_drafters_with_an_index_change_nothing() {
         recycle.save_to = Some((matrix_file.clone(), "test".into()));
         let mut drafter = ibid::draft::Combined::new(vec![
             Box::new(ibid::draft::ContextDrafter::default()),
+            Box::new(ibid::draft::NgramDrafter::default()),
             Box::new(ibid::draft::IndexDrafter::new(&index)),
             Box::new(recycle),
         ]);
@@ -727,7 +728,7 @@ fn all_drafters_with_an_index_change_nothing() {
         identical += 1;
         accepted += spec.accepted;
         let report = drafter.source_report();
-        assert_eq!(report[2]["details"]["row_updates"], (spec.steps + spec.drafted) as u64, "one row per verified node");
+        assert_eq!(report[3]["details"]["row_updates"], (spec.steps + spec.drafted) as u64, "one row per verified node");
         drafter.finish().unwrap();
         let saved = ibid::draft::RecycleMatrix::load(&matrix_file, vocab, 8, "test").unwrap();
         assert_ne!(saved, warm, "the run refreshed rows");

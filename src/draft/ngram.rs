@@ -36,12 +36,15 @@ impl NgramCounts {
             for n in 1..=MAX_N.min(end) {
                 let followers = self.next.entry(key(&tokens[end - n..end])).or_default();
                 let t = tokens[end];
-                match followers.iter().position(|&(f, _)| f == t) {
-                    Some(i) => followers[i].1 += 1,
-                    None => followers.push((t, 1)),
-                }
-                // keep most frequent first; a bubble step suffices as counts grow by one
-                let mut i = followers.iter().position(|&(f, _)| f == t).unwrap_or(0);
+                let mut i = match followers.iter().position(|&(f, _)| f == t) {
+                    Some(i) => i,
+                    None => {
+                        followers.push((t, 0));
+                        followers.len() - 1
+                    }
+                };
+                followers[i].1 += 1;
+                // keep most frequent first: counts grow by one, so moving up past smaller ones suffices
                 while i > 0 && followers[i].1 > followers[i - 1].1 {
                     followers.swap(i, i - 1);
                     i -= 1;
