@@ -572,27 +572,15 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     };
     let sources: Vec<String> = if args.draft.is_empty() { vec!["all".into()] } else { args.draft.clone() };
     let prompt_tokens = model.tokenize_prompt(&prompt);
-    let want = |name: &str| sources.iter().any(|s| s == name || s == "all" && name != "oracle");
-    for s in &sources {
-        if !["none", "context", "ngram", "index", "recycle", "oracle", "all"].contains(&s.as_str()) {
-            anyhow::bail!("unknown draft source {s:?}: use context, ngram, index, recycle, all, none or oracle");
-        }
-    }
+    let oracle = sources.iter().any(|s| s == "oracle");
+    let chosen: Vec<&String> = sources.iter().filter(|s| *s != "oracle").collect();
+    let chosen = ibid::server::DraftSources::from_names(&chosen).map_err(|e| anyhow::anyhow!("{e} (or oracle)"))?;
     if sources.iter().any(|s| s == "index") && index.is_none() {
         anyhow::bail!("--draft index needs --index DIR");
     }
-    let mut proposers: Vec<Box<dyn ibid::draft::Proposer + '_>> = Vec::new();
-    if want("context") {
-        proposers.push(Box::new(ibid::draft::ContextDrafter::default()));
-    }
-    if want("ngram") {
-        proposers.push(Box::new(ibid::draft::NgramDrafter::default()));
-    }
-    if let (true, Some(ix)) = (want("index"), &index) {
-        proposers.push(Box::new(ibid::draft::IndexDrafter::new(ix)));
-    }
+    let mut proposers = chosen.context_and_index_proposers(index.as_ref());
     let mut recycle_open_s = None;
-    if want("recycle") {
+    if chosen.recycle {
         let started = Instant::now();
         let (recycle, problem) = ibid::draft::RecycleDrafter::for_model(&model, index.as_ref(), !args.no_recycle_save);
         if let Some(e) = problem {
@@ -601,7 +589,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         recycle_open_s = Some(started.elapsed().as_secs_f64());
         proposers.push(Box::new(recycle));
     }
-    if want("oracle") {
+    if oracle {
         let file = args.oracle.as_ref().context("--draft oracle needs --oracle REPORT")?;
         let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let report: serde_json::Value =
@@ -695,18 +683,7 @@ fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usiz
 
 fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     use std::sync::Arc;
-    let mut sources = ibid::server::DraftSources::none();
-    for s in &args.draft {
-        match s.as_str() {
-            "all" => sources = ibid::server::DraftSources::all(),
-            "context" => sources.context = true,
-            "ngram" => sources.ngram = true,
-            "index" => sources.index = true,
-            "recycle" => sources.recycle = true,
-            "none" => {}
-            other => anyhow::bail!("unknown draft source {other:?}: use context, ngram, index, recycle, all or none"),
-        }
-    }
+    let sources = ibid::server::DraftSources::from_names(&args.draft).map_err(anyhow::Error::msg)?;
     let model = Arc::new(args.model.load()?);
     let index = match &args.index {
         Some(dir) => {

@@ -51,16 +51,16 @@ impl NgramCounts {
                 }
             }
         }
-        self.seen = tokens.to_vec();
+        self.seen.extend_from_slice(&tokens[self.seen.len()..]);
     }
 
     /// The followers of the longest n-gram ending `tokens` that has at least `min_total`
-    /// occurrences with a successor, with the n used.
-    fn followers(&self, tokens: &[u32], min_total: &[u32; MAX_N]) -> Option<(usize, &[(u32, u32)])> {
+    /// occurrences with a successor, with the n used and that total.
+    fn followers(&self, tokens: &[u32], min_total: &[u32; MAX_N]) -> Option<(usize, u32, &[(u32, u32)])> {
         (1..=MAX_N.min(tokens.len())).rev().find_map(|n| {
             let f = self.next.get(&key(&tokens[tokens.len() - n..]))?;
             let total: u32 = f.iter().map(|&(_, c)| c).sum();
-            (total >= min_total[n - 1]).then_some((n, f.as_slice()))
+            (total >= min_total[n - 1]).then_some((n, total, f.as_slice()))
         })
     }
 }
@@ -127,20 +127,20 @@ impl Proposer for NgramDrafter {
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
         let (min_total, alternatives, min_path) = (self.min_total, self.first_alternatives, self.min_path);
         let counts = self.counts_for(context);
-        let Some((n, first)) = counts.followers(context, &min_total) else { return Vec::new() };
-        let total: u32 = first.iter().map(|&(_, c)| c).sum();
+        let Some((n, total, first)) = counts.followers(context, &min_total) else { return Vec::new() };
         let firsts: Vec<(u32, f64)> =
             first.iter().take(alternatives).map(|&(t, c)| (t, estimate(c, total, n))).collect();
         let mut out = Vec::new();
-        let mut extended = context.to_vec();
+        // Lookups see at most the last MAX_N tokens: the context's tail, then the chain.
+        let tail = &context[context.len().saturating_sub(MAX_N)..];
+        let mut extended = tail.to_vec();
         for (token, score) in firsts {
-            extended.truncate(context.len());
+            extended.truncate(tail.len());
             extended.push(token);
             let mut cand = Candidate { tokens: vec![token], scores: vec![score] };
             let mut path = score;
             while cand.tokens.len() < max_depth {
-                let Some((n, f)) = counts.followers(&extended, &min_total) else { break };
-                let total: u32 = f.iter().map(|&(_, c)| c).sum();
+                let Some((n, total, f)) = counts.followers(&extended, &min_total) else { break };
                 let (t, c) = f[0];
                 let p = estimate(c, total, n);
                 path *= p;

@@ -64,6 +64,39 @@ impl DraftSources {
     pub fn none() -> Self {
         DraftSources { context: false, ngram: false, index: false, recycle: false }
     }
+
+    /// From `--draft` names: `all`, `none` or single sources; an unknown name is an error.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+        let mut sources = DraftSources::none();
+        for name in names {
+            match name.as_ref() {
+                "all" => sources = DraftSources::all(),
+                "context" => sources.context = true,
+                "ngram" => sources.ngram = true,
+                "index" => sources.index = true,
+                "recycle" => sources.recycle = true,
+                "none" => {}
+                other => return Err(format!("unknown draft source {other:?}: use context, ngram, index, recycle, all or none")),
+            }
+        }
+        Ok(sources)
+    }
+
+    /// The chosen drafters that need neither the model nor a learnt state, in the order every
+    /// caller merges them: context, ngram, then index (where there is one).
+    pub fn context_and_index_proposers<'i>(&self, index: Option<&'i Index>) -> Vec<Box<dyn Proposer + 'i>> {
+        let mut proposers: Vec<Box<dyn Proposer + 'i>> = Vec::new();
+        if self.context {
+            proposers.push(Box::new(ContextDrafter::default()));
+        }
+        if self.ngram {
+            proposers.push(Box::new(NgramDrafter::default()));
+        }
+        if let (true, Some(ix)) = (self.index, index) {
+            proposers.push(Box::new(IndexDrafter::new(ix)));
+        }
+        proposers
+    }
 }
 
 /// Queue handle shared by the handlers.
@@ -169,16 +202,7 @@ pub fn spawn(
             // One drafter for the server's life: what it learns (acceptance per source, the
             // recycling matrix) carries over from request to request.
             let curve = crate::calibrate::load_cached(model.path(), config.session.threads);
-            let mut proposers: Vec<Box<dyn Proposer + '_>> = Vec::new();
-            if config.sources.context {
-                proposers.push(Box::new(ContextDrafter::default()));
-            }
-            if config.sources.ngram {
-                proposers.push(Box::new(NgramDrafter::default()));
-            }
-            if let (true, Some(ix)) = (config.sources.index, &index) {
-                proposers.push(Box::new(IndexDrafter::new(ix)));
-            }
+            let mut proposers = config.sources.context_and_index_proposers(index.as_deref());
             if let (true, Some(r)) = (config.sources.recycle, recycle) {
                 proposers.push(Box::new(r));
             }
