@@ -115,8 +115,8 @@ def ensure_setup(args):
             sh([IBID, 'build', *inputs, '-o', index, '--tokenizer', f'gguf:{model}', '--force', '-q'])
     if not args.no_llama and not os.path.exists(os.path.join(LLAMA_BIN, 'llama-server')):
         sh(['bash', 'scripts/build_llama_tools.sh'])
-    cost = subprocess.run([IBID, '--threads', str(args.threads), 'calibrate', '--model', model, '--sizes',
-                           '1,2,3,4,5,6,8,10,12,16,20'], cwd=ROOT, capture_output=True, text=True) \
+    cost = subprocess.run([IBID, '--threads', str(args.threads), 'calibrate', '--model', model],
+                          cwd=ROOT, capture_output=True, text=True) \
         if args.calibrate else None
     if cost is not None and cost.returncode != 0:
         die('calibrate failed:\n' + cost.stderr[-2000:])

@@ -38,7 +38,10 @@ def calibrate(model, threads):
     """A cache folder holding ibid's cost curve for this machine, measured up to the largest batch
     the server forms (4 slots x 49 tokens), as `ibid calibrate` leaves it for a user."""
     cache = tempfile.mkdtemp(prefix='ibid-bench-serve-')
-    sizes = '1,2,3,4,5,6,8,10,12,16,20,24,32,40,48,64,96,128,160,196'
+    # ibid's default sizes (every size to 16, then an even and an odd size at each point, as odd
+    # batches cost more here), on to the largest batch.
+    sizes = ','.join(map(str, [*range(1, 17), 20, 21, 24, 25, 32, 33, 40, 41, 48, 49, 64, 65, 96, 97, 128, 129,
+                                160, 161, 196, 197]))
     subprocess.run([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'calibrate', '--model', model,
                     '--sizes', sizes, '--batch', '200', '--reps', '3'],
                    cwd=ROOT, check=True, capture_output=True, env={**os.environ, 'XDG_CACHE_HOME': cache})

@@ -61,8 +61,8 @@ pub fn walk<'a>(tree: &DraftTree, chooser: &mut Chooser, logits: impl Fn(Option<
     let mut cur: Option<usize> = None;
     loop {
         let l = logits(cur);
-        let chosen = chooser.choose(l);
-        let (_, best, second) = top2(l);
+        let (argmax, best, second) = top2(l);
+        let chosen = if chooser.params.is_greedy() { argmax } else { chooser.choose(l) };
         out.emitted.push(chosen);
         out.margins.push(best - second);
         match tree.child(cur, chosen) {
