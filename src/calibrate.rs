@@ -24,8 +24,9 @@ impl CostCurve {
     ///
     /// Odd and even batch sizes follow two separate curves on some CPUs (on 2 cores here a batch
     /// of 2k + 1 costs more than one of 2k + 2), so a size not measured is interpolated between
-    /// measured sizes of its own parity where there are two on its side; batches of 1 (a
-    /// matrix-vector product) take part in neither.
+    /// measured sizes of its own parity where there are such sizes on both sides of it (past the
+    /// last one: the slope of its parity's last two); batches of 1 (a matrix-vector product) take
+    /// part in neither.
     pub fn relative(&self, n: usize) -> f64 {
         let base = self.seconds.first().map_or(1.0, |p| p.1).max(1e-12);
         if self.seconds.is_empty() {
