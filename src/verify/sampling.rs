@@ -61,7 +61,7 @@ fn first_max(values: &[f32]) -> Option<(usize, f32)> {
 /// The largest value that is not NaN (minus infinity when there is none). Kept in independent
 /// lanes so that the compiler turns the loop into vector maxima: best, position and runner-up of
 /// a row of 262,144 logits take about a third of the time of the two plain loops they replaced.
-fn max_value(values: &[f32]) -> f32 {
+pub(crate) fn max_value(values: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = values.chunks_exact(LANES);
