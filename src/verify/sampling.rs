@@ -61,7 +61,7 @@ fn first_max(values: &[f32]) -> Option<(usize, f32)> {
 /// The largest value that is not NaN (minus infinity when there is none). Kept in independent
 /// lanes so that the compiler turns the loop into vector maxima: best, position and runner-up of
 /// a row of 262,144 logits take about a third of the time of the two plain loops they replaced.
-pub(crate) fn max_value(values: &[f32]) -> f32 {
+fn max_value(values: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = values.chunks_exact(LANES);
@@ -76,14 +76,26 @@ pub(crate) fn max_value(values: &[f32]) -> f32 {
     lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
-/// The `k` largest logits as (token, logit), best first.
+/// The `k` largest logits as (token, logit), best first (ties: smaller token first). Skips whole
+/// blocks below the current k-th best, which is nearly all of a vocabulary-sized row: blocks of
+/// 256 with a vectorized maximum take 0.05–0.08 ms a row against 0.13–0.22 ms for blocks of 64
+/// and a plain loop. The recycling matrix reads every verified row through here.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    for (i, &l) in logits.iter().enumerate() {
-        if best.len() < k || l > best[best.len() - 1].1 {
-            let at = best.partition_point(|&(_, v)| v >= l);
-            best.insert(at, (i as u32, l));
-            best.truncate(k);
+    const BLOCK: usize = 256;
+    for (b, block) in logits.chunks(BLOCK).enumerate() {
+        if best.len() == k && max_value(block) <= best[k - 1].1 {
+            continue;
+        }
+        for (j, &l) in block.iter().enumerate() {
+            if best.len() < k || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, v)| v >= l);
+                best.insert(at, ((b * BLOCK + j) as u32, l));
+                best.truncate(k);
+            }
         }
     }
     best
