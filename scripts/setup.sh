@@ -7,8 +7,14 @@ set -euo pipefail
 
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
-# bindgen (llama-cpp-sys-2) needs libclang
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# bindgen (llama-cpp-sys-2) needs libclang itself (libclang.so or libclang-N.so); libclang-cpp,
+# which other packages bring, does not do
+have_libclang=no
+for pattern in '/usr/lib/llvm-*/lib/libclang.so*' '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' \
+               '/usr/lib/x86_64-linux-gnu/libclang.so*' '/usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*'; do
+  compgen -G "$pattern" >/dev/null && have_libclang=yes
+done
+[ "$have_libclang" = yes ] || need_apt+=(libclang-dev)
 command -v c++ >/dev/null || need_apt+=(g++)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
