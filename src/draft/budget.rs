@@ -10,15 +10,61 @@ pub struct Budget {
     /// Most nodes in one tree.
     max: usize,
     steps: u64,
+    /// What verification steps cost here, learnt while generating (see [`Budget::observe`]).
+    observed: ObservedCost,
 }
+
+/// The curve is measured on bare decodes at one context length; a verification step also walks
+/// the tree, reads logits for the sources and moves cache cells, the context grows, and a machine
+/// under other load is slower than when it was calibrated. So each step's time is kept: the
+/// time of a one-row step (a moving average), and for larger batches how much more than one row
+/// they cost against how much more the curve said. Their ratio scales the curve's extra cost.
+#[derive(Debug, Clone, Default)]
+struct ObservedCost {
+    single: Option<f64>,
+    extra_seen: f64,
+    extra_expected: f64,
+}
+
+/// The curve's own word counts as this much extra cost (in one-row units) seen at its value.
+const CURVE_WEIGHT: f64 = 6.0;
+/// Each new observation keeps this share of the older ones: costs drift as the context grows.
+const KEEP: f64 = 0.97;
+/// Single-row steps: the moving average's weight of the newest.
+const SINGLE_RATE: f64 = 0.1;
 
 /// Relative batch costs measured on a 2-core machine (2 threads, Gemma 3 270M, exact kernels, the
 /// mean of two `ibid calibrate` runs), used until `ibid calibrate` has run for the model. Odd sizes
 /// cost more than the next even one there.
 const DEFAULT_CURVE: [(usize, f64); 28] = [
-    (1, 1.0), (2, 1.21), (3, 1.96), (4, 1.77), (5, 2.55), (6, 2.24), (7, 3.07), (8, 2.75), (9, 3.55), (10, 3.22),
-    (11, 3.98), (12, 3.67), (13, 4.43), (14, 4.10), (15, 4.94), (16, 4.57), (20, 5.56), (21, 6.35), (24, 6.52),
-    (25, 7.29), (32, 8.30), (33, 9.11), (40, 10.19), (41, 10.93), (48, 11.79), (49, 12.86), (64, 15.82), (65, 16.38),
+    (1, 1.0),
+    (2, 1.21),
+    (3, 1.96),
+    (4, 1.77),
+    (5, 2.55),
+    (6, 2.24),
+    (7, 3.07),
+    (8, 2.75),
+    (9, 3.55),
+    (10, 3.22),
+    (11, 3.98),
+    (12, 3.67),
+    (13, 4.43),
+    (14, 4.10),
+    (15, 4.94),
+    (16, 4.57),
+    (20, 5.56),
+    (21, 6.35),
+    (24, 6.52),
+    (25, 7.29),
+    (32, 8.30),
+    (33, 9.11),
+    (40, 10.19),
+    (41, 10.93),
+    (48, 11.79),
+    (49, 12.86),
+    (64, 15.82),
+    (65, 16.38),
 ];
 
 /// The largest tree `--budget auto` considers: long copies pay for long chains.
@@ -40,8 +86,50 @@ impl Budget {
             seconds: DEFAULT_CURVE.to_vec(),
         };
         let curve = curve.unwrap_or(&default);
-        let relative = (0..slots.max(1) * (max + 1)).map(|n| curve.relative(n + 1).max(1.0)).collect();
-        Budget { relative, max, steps: 0 }
+        let relative = (0..slots.max(1) * (max + 1))
+            .map(|n| curve.relative(n + 1).max(1.0))
+            .collect();
+        Budget {
+            relative,
+            max,
+            steps: 0,
+            observed: ObservedCost::default(),
+        }
+    }
+
+    /// A verification step of `rows` tokens in one batch took `seconds`.
+    pub fn observe(&mut self, rows: usize, seconds: f64) {
+        let o = &mut self.observed;
+        if !(seconds.is_finite() && seconds > 0.0) || rows == 0 {
+            return;
+        }
+        if rows == 1 {
+            o.single = Some(
+                o.single
+                    .map_or(seconds, |s| s + SINGLE_RATE * (seconds - s)),
+            );
+            return;
+        }
+        let (Some(single), Some(&expected)) = (o.single, self.relative.get(rows - 1)) else {
+            return;
+        };
+        // a step slowed by something else (a page fault, another process) counts at most 3× the
+        // curve's extra cost, so one outlier does not switch drafting off
+        let expected_extra = expected - 1.0;
+        let seen_extra = (seconds / single - 1.0).clamp(0.0, 3.0 * expected_extra);
+        o.extra_seen = o.extra_seen * KEEP + seen_extra;
+        o.extra_expected = o.extra_expected * KEEP + expected_extra;
+    }
+
+    /// How much the extra cost of a batch seen so far differs from the curve's (1: as measured).
+    pub fn cost_scale(&self) -> f64 {
+        let o = &self.observed;
+        ((o.extra_seen + CURVE_WEIGHT) / (o.extra_expected + CURVE_WEIGHT)).clamp(0.5, 3.0)
+    }
+
+    /// Cost of a batch of `n + 1` rows relative to one row, as observed.
+    fn cost(&self, n: usize) -> f64 {
+        1.0 + self.cost_scale() * (self.relative[n] - 1.0)
     }
 
     /// The most nodes this budget ever allows in one tree.
@@ -52,7 +140,7 @@ impl Budget {
     /// Expected tokens per step with the first `k` nodes (path probabilities `path_p`, best
     /// first), divided by the cost of their batch. Each accepted node adds one token.
     pub fn value(&self, path_p: &[f64], k: usize) -> f64 {
-        (1.0 + path_p[..k].iter().sum::<f64>()) / self.relative[k]
+        (1.0 + path_p[..k].iter().sum::<f64>()) / self.cost(k)
     }
 
     /// How many of the nodes (best first) to verify; every 8th step at least 1, so that the
@@ -74,14 +162,17 @@ impl Budget {
         }
         let room = self.relative.len().saturating_sub(m);
         // Every node as (probability, tree), best first; ties keep tree order.
-        let mut all: Vec<(f64, usize)> =
-            path_ps.iter().enumerate().flat_map(|(t, p)| p.iter().take(self.max).map(move |&q| (q, t))).collect();
+        let mut all: Vec<(f64, usize)> = path_ps
+            .iter()
+            .enumerate()
+            .flat_map(|(t, p)| p.iter().take(self.max).map(move |&q| (q, t)))
+            .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
         all.truncate(room);
-        let (mut best, mut best_value, mut sum) = (0, m as f64 / self.relative[m - 1], m as f64);
+        let (mut best, mut best_value, mut sum) = (0, m as f64 / self.cost(m - 1), m as f64);
         for (n, &(p, _)) in all.iter().enumerate() {
             sum += p;
-            let value = sum / self.relative[m + n];
+            let value = sum / self.cost(m + n);
             if value > best_value {
                 (best, best_value) = (n + 1, value);
             }
@@ -109,7 +200,11 @@ mod tests {
         assert_eq!(b.choose(&sure), 15);
         let mut b = Budget::new(None, 16);
         let hopeless = vec![0.01; 16];
-        assert_eq!(b.choose(&hopeless), 0, "drafts that cannot pay are switched off");
+        assert_eq!(
+            b.choose(&hopeless),
+            0,
+            "drafts that cannot pay are switched off"
+        );
         // one good node then poor ones: just the good one
         let mut b = Budget::new(None, 16);
         assert_eq!(b.choose(&[0.9, 0.05, 0.04, 0.03]), 1);
@@ -117,6 +212,49 @@ mod tests {
         let mut b = Budget::new(None, 16);
         let chosen: Vec<usize> = (0..16).map(|_| b.choose(&hopeless)).collect();
         assert_eq!(chosen.iter().filter(|&&k| k == 1).count(), 2);
+    }
+
+    #[test]
+    fn steps_that_cost_more_than_the_curve_says_shrink_the_trees() {
+        let path_p = [
+            0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4,
+        ];
+        let reference = Budget::new(None, 12).choose(&path_p);
+        // steps that cost what the curve says change nothing
+        let mut b = Budget::new(None, 12);
+        for _ in 0..50 {
+            b.observe(1, 0.014);
+            b.observe(9, 0.014 * DEFAULT_CURVE[8].1);
+        }
+        assert!((b.cost_scale() - 1.0).abs() < 1e-9, "{}", b.cost_scale());
+        assert_eq!(b.choose(&path_p), reference);
+        // batches whose extra cost is half again the curve's: fewer nodes, and the learnt scale
+        let mut b = Budget::new(None, 12);
+        for _ in 0..50 {
+            b.observe(1, 0.014);
+            b.observe(9, 0.014 * (1.0 + 1.5 * (DEFAULT_CURVE[8].1 - 1.0)));
+        }
+        assert!((b.cost_scale() - 1.5).abs() < 0.1, "{}", b.cost_scale());
+        let fewer = b.choose(&path_p);
+        assert!(fewer < reference, "{fewer} vs {reference}");
+        // cheaper batches: more nodes
+        let mut b = Budget::new(None, 12);
+        for _ in 0..50 {
+            b.observe(1, 0.014);
+            b.observe(9, 0.014 * (1.0 + 0.6 * (DEFAULT_CURVE[8].1 - 1.0)));
+        }
+        assert!(b.choose(&path_p) > reference);
+        // one wild outlier moves the scale a little, not to its own ratio; nonsense is ignored
+        let mut b = Budget::new(None, 12);
+        b.observe(1, 0.014);
+        b.observe(9, 10.0);
+        b.observe(9, f64::NAN);
+        b.observe(0, 1.0);
+        assert!(b.cost_scale() < 2.5, "{}", b.cost_scale());
+        // without a one-row step to compare with, nothing is learnt
+        let mut b = Budget::new(None, 12);
+        b.observe(9, 1.0);
+        assert_eq!(b.cost_scale(), 1.0);
     }
 
     #[test]
@@ -128,13 +266,21 @@ mod tests {
             context_tokens: 0,
             seconds: DEFAULT_CURVE.to_vec(),
         };
-        let trees: Vec<Vec<f64>> = vec![vec![0.95, 0.9, 0.85, 0.2], vec![0.3, 0.1], vec![0.99, 0.97, 0.96, 0.9, 0.6, 0.3]];
+        let trees: Vec<Vec<f64>> = vec![
+            vec![0.95, 0.9, 0.85, 0.2],
+            vec![0.3, 0.1],
+            vec![0.99, 0.97, 0.96, 0.9, 0.6, 0.3],
+        ];
         let views: Vec<&[f64]> = trees.iter().map(Vec::as_slice).collect();
         let mut b = Budget::for_slots(Some(&curve), 8, 3);
         let chosen = b.choose_joint(&views);
         // brute force over every combination of prefixes
         let value = |c: &[usize]| {
-            let tokens: f64 = c.iter().zip(&trees).map(|(&k, t)| 1.0 + t[..k].iter().sum::<f64>()).sum();
+            let tokens: f64 = c
+                .iter()
+                .zip(&trees)
+                .map(|(&k, t)| 1.0 + t[..k].iter().sum::<f64>())
+                .sum();
             tokens / curve.relative(3 + c.iter().sum::<usize>())
         };
         let mut best = (0.0, vec![]);
@@ -148,10 +294,17 @@ mod tests {
                 }
             }
         }
-        assert!((value(&chosen) - best.0).abs() < 1e-9, "{chosen:?} vs {:?}", best.1);
+        assert!(
+            (value(&chosen) - best.0).abs() < 1e-9,
+            "{chosen:?} vs {:?}",
+            best.1
+        );
         // one tree alone: the same as choose
         let mut single = Budget::for_slots(Some(&curve), 8, 3);
         let mut plain = Budget::new(Some(&curve), 8);
-        assert_eq!(single.choose_joint(&[&trees[2]]), vec![plain.choose(&trees[2])]);
+        assert_eq!(
+            single.choose_joint(&[&trees[2]]),
+            vec![plain.choose(&trees[2])]
+        );
     }
 }

@@ -200,8 +200,10 @@ impl Calibration {
         let fared = (self.hits[source] + PRIOR_WEIGHT) / (self.predicted[source] + PRIOR_WEIGHT);
         let sure = self.sure[source];
         let raw = (prior_of(raw, sure) * fared).min(ceiling(sure));
-        let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw) / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
-        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
+        let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw)
+            / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
+        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse)
+            / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
     }
 
     fn record(&mut self, source: usize, raw: f64, depth: usize, accepted: bool) {
@@ -224,6 +226,8 @@ struct TrieNode {
     /// Calibrated probability of acceptance given the parent.
     q: f64,
     children: Vec<usize>,
+    /// The other sources that proposed this token here, with their raw estimates.
+    seconders: Vec<(SourceId, f64)>,
 }
 
 /// Several proposers merged into one tree. Every candidate token gets a calibrated acceptance
@@ -259,7 +263,10 @@ impl<'a> Combined<'a> {
     }
 
     pub fn source_names(&self) -> Vec<String> {
-        self.proposers.iter().map(|p| p.name().to_string()).collect()
+        self.proposers
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
     }
 
     /// Per source: name, drafted and accepted tokens, and the source's own figures.
@@ -300,16 +307,26 @@ impl<'a> Combined<'a> {
             normalize_siblings(&mut nodes, &children);
         }
         // Best first by path probability; a child never beats its parent, so parents come first.
-        let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
+        let mut open: Vec<(f64, usize, Option<usize>)> =
+            roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
         let mut ranked = Ranked::default();
         while ranked.tree.len() < max_nodes {
-            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else { break };
+            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0))
+            else {
+                break;
+            };
             let (p, n, parent) = open.swap_remove(best);
             let id = ranked.tree.push(parent, nodes[n].token, nodes[n].source);
             debug_assert_eq!(ranked.tree.depth(id), nodes[n].depth);
             ranked.path_p.push(p);
             ranked.raw.push(nodes[n].raw);
-            open.extend(nodes[n].children.iter().map(|&c| (p * nodes[c].q, c, Some(id))));
+            ranked.seconders.push(nodes[n].seconders.clone());
+            open.extend(
+                nodes[n]
+                    .children
+                    .iter()
+                    .map(|&c| (p * nodes[c].q, c, Some(id))),
+            );
         }
         ranked
     }
@@ -318,13 +335,20 @@ impl<'a> Combined<'a> {
     /// its estimates and shadow nodes): acceptance per source, the calibration, and each source's
     /// own lessons.
     pub fn observe_ranked(&mut self, ranked: &Ranked, outcome: &StepOutcome) {
-        let (tree, raw) = (&ranked.tree, &ranked.raw);
+        let tree = &ranked.tree;
         let accepted = count_by_source(tree, outcome, &mut self.stats);
+        let sources = self.stats.len();
         for node in 0..tree.len() {
-            let s = tree.source(node) as usize;
-            if s < self.stats.len() && tree.parent(node).is_none_or(|p| accepted[p]) {
-                if let Some(&raw) = raw.get(node) {
-                    self.calibration.record(s, raw, tree.depth(node), accepted[node]);
+            if !tree.parent(node).is_none_or(|p| accepted[p]) {
+                continue;
+            }
+            // Every source that proposed the token is judged on it, not only the one whose
+            // estimate won the merge: otherwise a source whose agreement with a stronger one goes
+            // unrecorded is judged mostly on the tokens it proposes alone, its failures.
+            for (s, raw) in ranked.proposers(node) {
+                if (s as usize) < sources {
+                    self.calibration
+                        .record(s as usize, raw, tree.depth(node), accepted[node]);
                 }
             }
         }
@@ -336,10 +360,15 @@ impl<'a> Combined<'a> {
             // drafts only when there is budget to spare, and their failures would pull down the
             // source's rate at that depth for its best candidates too.
             let mut judged: Vec<SourceId> = Vec::new();
-            for sh in ranked.shadow.iter().filter(|sh| sh.parent == last && (sh.source as usize) < self.stats.len()) {
-                if !judged.contains(&sh.source) {
-                    judged.push(sh.source);
-                    self.calibration.record(sh.source as usize, sh.raw, depth, sh.token == chosen);
+            for sh in ranked.shadow.iter().filter(|sh| sh.parent == last) {
+                for (s, raw) in
+                    std::iter::once((sh.source, sh.raw)).chain(sh.seconders.iter().copied())
+                {
+                    if (s as usize) < sources && !judged.contains(&s) {
+                        judged.push(s);
+                        self.calibration
+                            .record(s as usize, raw, depth, sh.token == chosen);
+                    }
                 }
             }
         }
@@ -362,15 +391,20 @@ impl<'a> Combined<'a> {
                     let found = siblings.iter().copied().find(|&n| nodes[n].token == t);
                     let node = match found {
                         Some(n) => {
-                            if q > nodes[n].q {
-                                let n = &mut nodes[n];
-                                (n.q, n.raw, n.source) = (q, raw, i as SourceId);
-                            }
+                            nodes[n].second(i as SourceId, raw, q);
                             n
                         }
                         None => {
                             let n = nodes.len();
-                            nodes.push(TrieNode { token: t, depth: d + 1, source: i as SourceId, raw, q, children: Vec::new() });
+                            nodes.push(TrieNode {
+                                token: t,
+                                depth: d + 1,
+                                source: i as SourceId,
+                                raw,
+                                q,
+                                children: Vec::new(),
+                                seconders: Vec::new(),
+                            });
                             match parent {
                                 Some(p) => nodes[p].children.push(n),
                                 None => roots.push(n),
@@ -386,6 +420,30 @@ impl<'a> Combined<'a> {
     }
 }
 
+impl TrieNode {
+    /// Source `source` proposes this token too: the likelier estimate leads (the tree takes its
+    /// source and probability), the other is kept for calibration, once per source (its highest).
+    fn second(&mut self, source: SourceId, raw: f64, q: f64) {
+        if source == self.source {
+            if q > self.q {
+                (self.q, self.raw) = (q, raw);
+            }
+            return;
+        }
+        if q > self.q {
+            let (old_source, old_raw) = (self.source, self.raw);
+            (self.q, self.raw, self.source) = (q, raw, source);
+            self.seconders.retain(|&(s, _)| s != source);
+            self.seconders.push((old_source, old_raw));
+            return;
+        }
+        match self.seconders.iter_mut().find(|(s, _)| *s == source) {
+            Some(entry) => entry.1 = entry.1.max(raw),
+            None => self.seconders.push((source, raw)),
+        }
+    }
+}
+
 /// A merged tree before its cut: nodes best first, with their path probabilities and their
 /// sources' raw estimates.
 #[derive(Debug, Clone, Default)]
@@ -393,6 +451,8 @@ pub struct Ranked {
     pub tree: DraftTree,
     pub path_p: Vec<f64>,
     pub raw: Vec<f64>,
+    /// Per node: the other sources that proposed it, with their raw estimates.
+    pub seconders: Vec<Vec<(SourceId, f64)>>,
     /// Nodes the cut left out whose parent it kept (or that continue the root).
     pub shadow: Vec<Shadow>,
 }
@@ -408,9 +468,18 @@ pub struct Shadow {
     pub token: u32,
     pub source: SourceId,
     pub raw: f64,
+    pub seconders: Vec<(SourceId, f64)>,
 }
 
 impl Ranked {
+    /// Every source that proposed `node`, with its raw estimate: the tree's source first.
+    pub fn proposers(&self, node: usize) -> impl Iterator<Item = (SourceId, f64)> + '_ {
+        let first = self.raw.get(node).map(|&raw| (self.tree.source(node), raw));
+        first
+            .into_iter()
+            .chain(self.seconders.get(node).into_iter().flatten().copied())
+    }
+
     /// Keep the best `keep` nodes (a child never comes before its parent); the cut-off children
     /// of kept nodes become shadow nodes.
     pub fn truncate(&mut self, keep: usize) {
@@ -419,12 +488,19 @@ impl Ranked {
         for n in keep..self.tree.len() {
             let parent = self.tree.parent(n);
             if kept(parent) {
-                self.shadow.push(Shadow { parent, token: self.tree.token(n), source: self.tree.source(n), raw: self.raw[n] });
+                self.shadow.push(Shadow {
+                    parent,
+                    token: self.tree.token(n),
+                    source: self.tree.source(n),
+                    raw: self.raw[n],
+                    seconders: self.seconders.get(n).cloned().unwrap_or_default(),
+                });
             }
         }
         self.tree.truncate(keep);
         self.path_p.truncate(keep);
         self.raw.truncate(keep);
+        self.seconders.truncate(keep);
     }
 
     /// Keep the best nodes up to the first that would make more than `max` root-to-leaf paths.
@@ -445,7 +521,11 @@ impl Ranked {
 }
 
 /// Add a step's draft and accepted tokens to `stats`, per source; returns which nodes were accepted.
-pub fn count_by_source(tree: &DraftTree, outcome: &StepOutcome, stats: &mut [SourceStats]) -> Vec<bool> {
+pub fn count_by_source(
+    tree: &DraftTree,
+    outcome: &StepOutcome,
+    stats: &mut [SourceStats],
+) -> Vec<bool> {
     let mut accepted = vec![false; tree.len()];
     for &n in &outcome.accepted {
         accepted[n] = true;
@@ -478,8 +558,16 @@ impl Drafter for Combined<'_> {
 
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
         let mut ranked = self.rank(context, budget);
-        let keep = self.budget.as_mut().map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
+        let keep = self
+            .budget
+            .as_mut()
+            .map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
         ranked.truncate(keep);
+        tracing::debug!(
+            nodes = keep,
+            expected = ranked.path_p.iter().sum::<f64>(),
+            "draft"
+        );
         self.budgets.push(keep);
         let tree = ranked.tree.clone();
         self.last = ranked;
@@ -504,6 +592,12 @@ impl Drafter for Combined<'_> {
             p.observe_logits(token, logits);
         }
     }
+
+    fn observe_cost(&mut self, rows: usize, seconds: f64) {
+        if let Some(b) = self.budget.as_mut() {
+            b.observe(rows, seconds);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -524,7 +618,14 @@ mod tests {
     fn limit_leaves_keeps_a_prefix_with_at_most_that_many_paths() {
         let mut r = Ranked::default();
         // 0 and 1 are roots; 2 under 0; 3 under 0; 4 under 2; 5 under 1
-        for (parent, token) in [(None, 1), (None, 2), (Some(0), 3), (Some(0), 4), (Some(2), 5), (Some(1), 6)] {
+        for (parent, token) in [
+            (None, 1),
+            (None, 2),
+            (Some(0), 3),
+            (Some(0), 4),
+            (Some(2), 5),
+            (Some(1), 6),
+        ] {
             r.tree.push(parent, token, 0);
             r.path_p.push(0.5);
             r.raw.push(0.5);
@@ -532,15 +633,26 @@ mod tests {
         for max in 1..=4 {
             let mut cut = r.clone();
             cut.limit_leaves(max);
-            assert!(cut.tree.leaves().len() <= max, "{max}: {}", cut.tree.leaves().len());
+            assert!(
+                cut.tree.leaves().len() <= max,
+                "{max}: {}",
+                cut.tree.leaves().len()
+            );
             // brute force: a prefix's path count never falls as it grows; keep all before the first over
             let first_over = (0..=r.tree.len()).find(|&k| {
                 let mut t = r.tree.clone();
                 t.truncate(k);
                 t.leaves().len() > max
             });
-            assert_eq!(cut.tree.len(), first_over.map_or(r.tree.len(), |k| k - 1), "{max}");
-            assert_eq!((cut.path_p.len(), cut.raw.len()), (cut.tree.len(), cut.tree.len()));
+            assert_eq!(
+                cut.tree.len(),
+                first_over.map_or(r.tree.len(), |k| k - 1),
+                "{max}"
+            );
+            assert_eq!(
+                (cut.path_p.len(), cut.raw.len()),
+                (cut.tree.len(), cut.tree.len())
+            );
         }
     }
 
@@ -552,7 +664,10 @@ mod tests {
             c.record(0, 0.6, 1, false);
         }
         let after_four = c.p(0, 0.6, 1);
-        assert!(after_four < before && after_four > before / 3.0, "{before} → {after_four}");
+        assert!(
+            after_four < before && after_four > before / 3.0,
+            "{before} → {after_four}"
+        );
         for _ in 0..36 {
             c.record(0, 0.6, 1, false);
         }
@@ -579,12 +694,17 @@ mod tests {
     #[test]
     fn shadow_nodes_teach_the_calibration_without_being_verified() {
         // two sources propose different first tokens; steps verify nothing (budget 0)
-        let proposers: Vec<Box<dyn Proposer>> =
-            vec![Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.5)])), Box::new(Fixed(vec![Candidate::uniform(vec![7], 0.5)]))];
+        let proposers: Vec<Box<dyn Proposer>> = vec![
+            Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.5)])),
+            Box::new(Fixed(vec![Candidate::uniform(vec![7], 0.5)])),
+        ];
         let mut c = Combined::new(proposers);
         let first_p = |c: &mut Combined, token: u32| {
             let r = c.rank(&[0], 8);
-            (0..r.tree.len()).find(|&n| r.tree.token(n) == token && r.tree.parent(n).is_none()).map(|n| r.path_p[n]).unwrap()
+            (0..r.tree.len())
+                .find(|&n| r.tree.token(n) == token && r.tree.parent(n).is_none())
+                .map(|n| r.path_p[n])
+                .unwrap()
         };
         let (five, seven) = (first_p(&mut c, 5), first_p(&mut c, 7));
         for _ in 0..10 {
@@ -595,11 +715,24 @@ mod tests {
             shadow.sort();
             assert_eq!(shadow, vec![5, 7]);
             // the model chose 5: source 0 was right, source 1 wrong
-            let out = StepOutcome { emitted: vec![5], accepted: vec![], margins: vec![1.0], batch_tokens: 1 };
+            let out = StepOutcome {
+                emitted: vec![5],
+                accepted: vec![],
+                margins: vec![1.0],
+                batch_tokens: 1,
+            };
             c.observe_ranked(&r, &out);
         }
-        assert!(first_p(&mut c, 5) > five + 0.2, "{five} → {}", first_p(&mut c, 5));
-        assert!(first_p(&mut c, 7) < seven / 2.0, "{seven} → {}", first_p(&mut c, 7));
+        assert!(
+            first_p(&mut c, 5) > five + 0.2,
+            "{five} → {}",
+            first_p(&mut c, 5)
+        );
+        assert!(
+            first_p(&mut c, 7) < seven / 2.0,
+            "{seven} → {}",
+            first_p(&mut c, 7)
+        );
         // nothing was drafted, so nothing counts as drafted
         assert_eq!((c.stats[0].drafted, c.stats[1].drafted), (0, 0));
     }
@@ -608,7 +741,10 @@ mod tests {
     fn merges_best_first_within_budget() {
         let mut c = Combined::new(vec![Box::new(Fixed(vec![
             Candidate::uniform(vec![1, 2, 3], 0.9),
-            Candidate { tokens: vec![1, 2, 4], scores: vec![0.9, 0.9, 0.5] },
+            Candidate {
+                tokens: vec![1, 2, 4],
+                scores: vec![0.9, 0.9, 0.5],
+            },
             Candidate::uniform(vec![7, 8], 0.1),
         ]))]);
         let t = c.draft(&[0], 4);
@@ -617,7 +753,12 @@ mod tests {
         assert_eq!(t.path(3), vec![1, 2, 4]);
         let t = c.draft(&[0], 10);
         assert_eq!(t.len(), 6);
-        let out = StepOutcome { emitted: vec![1, 2, 9], accepted: vec![0, 1], margins: vec![], batch_tokens: 7 };
+        let out = StepOutcome {
+            emitted: vec![1, 2, 9],
+            accepted: vec![0, 1],
+            margins: vec![],
+            batch_tokens: 7,
+        };
         c.observe(&t, &out);
         assert_eq!((c.stats[0].drafted, c.stats[0].accepted), (6, 2));
     }
