@@ -309,7 +309,7 @@ impl QueryArgs {
         match self.format {
             OutputFormat::Json => print_json(&answer),
             OutputFormat::Table => {
-                print!("{}", render::table(&answer));
+                write!(std::io::stdout().lock(), "{}", render::table(&answer))?;
                 Ok(())
             }
         }
@@ -778,9 +778,10 @@ fn run_calibrate(
     let mut session = Session::new(&loaded, options)?;
     let curve = ibid::calibrate::measure(&mut session, &sizes, context, reps)?;
     let path = ibid::calibrate::save(&curve, &model.model)?;
-    println!("| N | ms | relative to N=1 |\n|---:|---:|---:|");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "| N | ms | relative to N=1 |\n|---:|---:|---:|")?;
     for &(n, s) in &curve.seconds {
-        println!("| {n} | {:.2} | {:.2} |", s * 1e3, curve.relative(n));
+        writeln!(out, "| {n} | {:.2} | {:.2} |", s * 1e3, curve.relative(n))?;
     }
     eprintln!("ibid: saved to {}", path.display());
     Ok(())
@@ -1007,7 +1008,26 @@ fn main() {
             .and_then(|r| print_json(&serde_json::to_value(r)?)),
     };
     if let Err(e) = result {
+        if is_broken_pipe(&e) {
+            // the reader left (`ibid info … | head`): not an error, as for any Unix filter
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Whether writing to stdout failed because its reader closed the pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let kind = match (
+            cause.downcast_ref::<std::io::Error>(),
+            cause.downcast_ref::<serde_json::Error>(),
+        ) {
+            (Some(io), _) => Some(io.kind()),
+            (None, Some(json)) => json.io_error_kind(),
+            _ => None,
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -436,3 +436,34 @@ fn manifest_round_trips() {
         manifest.tokens
     );
 }
+
+#[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    // `ibid info … | head`: the pipe's reader is gone before ibid writes
+    let dir = tempfile::tempdir().unwrap();
+    let idx = built(dir.path());
+    for args in [
+        vec!["info", p(&idx)],
+        vec!["count", p(&idx), "hello", "--format", "table"],
+        vec!["count", p(&idx), "hello"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(ibid_bin())
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+        assert!(stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
+    }
+    // other failures still are errors
+    let o = ibid(&["info", p(&dir.path().join("missing"))]);
+    assert!(!o.status.success());
+}

@@ -740,24 +740,41 @@ mod tests {
     #[test]
     fn every_source_that_proposed_a_node_is_judged_on_it() {
         // both propose 5 first; source 0's estimate is the higher, so the tree credits it
-        let proposers: Vec<Box<dyn Proposer>> =
-            vec![Box::new(Fixed(vec![Candidate::uniform(vec![5], 0.9)])), Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.3)]))];
+        let proposers: Vec<Box<dyn Proposer>> = vec![
+            Box::new(Fixed(vec![Candidate::uniform(vec![5], 0.9)])),
+            Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.3)])),
+        ];
         let mut c = Combined::new(proposers);
         let before = c.calibration.p(1, 0.3, 1);
         for _ in 0..20 {
             let mut r = c.rank(&[0], 8);
-            assert_eq!((r.tree.source(0), r.proposers(0).collect::<Vec<_>>()), (0, vec![(0, 0.9), (1, 0.3)]));
+            assert_eq!(
+                (r.tree.source(0), r.proposers(0).collect::<Vec<_>>()),
+                (0, vec![(0, 0.9), (1, 0.3)])
+            );
             r.truncate(1);
             // 5 accepted; 6, cut off below it, was right too
-            let out = StepOutcome { emitted: vec![5, 6], accepted: vec![0], margins: vec![1.0, 1.0], batch_tokens: 2 };
+            let out = StepOutcome {
+                emitted: vec![5, 6],
+                accepted: vec![0],
+                margins: vec![1.0, 1.0],
+                batch_tokens: 2,
+            };
             c.observe_ranked(&r, &out);
         }
         // source 1 learnt from the node it shared (its p at depth 1 climbs) and from its shadow at depth 2
-        assert!(c.calibration.p(1, 0.3, 1) > before + 0.3, "{before} → {}", c.calibration.p(1, 0.3, 1));
+        assert!(
+            c.calibration.p(1, 0.3, 1) > before + 0.3,
+            "{before} → {}",
+            c.calibration.p(1, 0.3, 1)
+        );
         assert_eq!(c.calibration.source_reached[1][depth_bin(1)], 20);
         assert_eq!(c.calibration.source_reached[1][depth_bin(2)], 20);
         // the tree's counts credit the node to the source it was drafted under
-        assert_eq!((c.stats[0].drafted, c.stats[0].accepted, c.stats[1].drafted), (20, 20, 0));
+        assert_eq!(
+            (c.stats[0].drafted, c.stats[0].accepted, c.stats[1].drafted),
+            (20, 20, 0)
+        );
     }
 
     #[test]
