@@ -37,10 +37,7 @@ fn stdlib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d));
     }
     let from_python = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -51,21 +48,14 @@ fn stdlib_dir() -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("python3."))
-                && p.join("os.py").is_file()
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3.")) && p.join("os.py").is_file())
         .collect();
     found.sort();
     found.pop()
 }
 
 fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
@@ -79,13 +69,7 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn inputs() -> Vec<PathBuf> {
     let from_stdlib: Vec<PathBuf> = stdlib_dir()
-        .map(|d| {
-            STDLIB_FILES
-                .iter()
-                .map(|f| d.join(f))
-                .filter(|p| p.is_file())
-                .collect()
-        })
+        .map(|d| STDLIB_FILES.iter().map(|f| d.join(f)).filter(|p| p.is_file()).collect())
         .unwrap_or_default();
     if from_stdlib.len() >= 3 {
         return from_stdlib;
@@ -107,14 +91,9 @@ fn windows(index: &Index, len: usize, count: usize, rng: &mut StdRng) -> Vec<Vec
     let mut tries = 0;
     while out.len() < count {
         tries += 1;
-        assert!(
-            tries < 1_000_000,
-            "cannot find {count} separator-free windows of {len} tokens"
-        );
+        assert!(tries < 1_000_000, "cannot find {count} separator-free windows of {len} tokens");
         let start = rng.gen_range(0..tokens - len as u64);
-        let win: Vec<u32> = (start..start + len as u64)
-            .map(|i| shard.token_at(i * w).expect("in range"))
-            .collect();
+        let win: Vec<u32> = (start..start + len as u64).map(|i| shard.token_at(i * w).expect("in range")).collect();
         if !win.contains(&sep) {
             out.push(win);
         }
@@ -126,13 +105,8 @@ fn bench_queries(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out_dir = tmp.path().join("index");
     let files = inputs();
-    let report = ibid::index::build(
-        &files,
-        &ByteTokenizer::new(),
-        &BuildOptions::new(&out_dir),
-        &ibid::index::build::Quiet,
-    )
-    .expect("build the bench index");
+    let report = ibid::index::build(&files, &ByteTokenizer::new(), &BuildOptions::new(&out_dir), &ibid::index::build::Quiet)
+        .expect("build the bench index");
     drop(report);
     let index = Index::open(&out_dir).expect("open the bench index");
     eprintln!(

@@ -65,10 +65,7 @@ fn parse_args() -> Result<Args, String> {
             _ => (a.clone(), None),
         };
         let mut value = |what: &str| -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{what} needs a value\n{USAGE}"))
+            inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{what} needs a value\n{USAGE}"))
         };
         match name.as_str() {
             // cargo bench passes --bench to every bench binary.
@@ -135,16 +132,9 @@ fn median(times: &[f64]) -> f64 {
 }
 
 fn ids_of(q: &Value, key: &str) -> Result<Vec<u32>, String> {
-    let arr = q
-        .get(key)
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("{key} must be a list of token ids"))?;
+    let arr = q.get(key).and_then(Value::as_array).ok_or_else(|| format!("{key} must be a list of token ids"))?;
     arr.iter()
-        .map(|v| {
-            v.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .ok_or_else(|| format!("{key} must hold token ids"))
-        })
+        .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| format!("{key} must hold token ids")))
         .collect()
 }
 
@@ -158,10 +148,7 @@ fn token_of(q: &Value, key: &str) -> Result<u32, String> {
 fn support_of(q: &Value, default: u64) -> Result<u64, String> {
     match q.get("max_support") {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .filter(|&x| x > 0)
-            .ok_or_else(|| "max_support must be a positive integer".into()),
+        Some(v) => v.as_u64().filter(|&x| x > 0).ok_or_else(|| "max_support must be a positive integer".into()),
     }
 }
 
@@ -171,12 +158,7 @@ fn dist_json(ntd: &ibid::index::NtdResult, full: bool, out: &mut Map<String, Val
         let dist: Map<String, Value> = ntd
             .result_by_token_id
             .iter()
-            .map(|(t, c)| {
-                (
-                    t.to_string(),
-                    json!({"cont_cnt": c.cont_cnt, "prob": c.prob}),
-                )
-            })
+            .map(|(t, c)| (t.to_string(), json!({"cont_cnt": c.cont_cnt, "prob": c.prob})))
             .collect();
         out.insert("result_by_token_id".into(), Value::Object(dist));
     } else {
@@ -241,10 +223,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = OpenOptions {
-        token_width: args.token_width,
-        eos_token_id: args.eos,
-    };
+    let options = OpenOptions { token_width: args.token_width, eos_token_id: args.eos };
     let t_open = Instant::now();
     let index = match Index::open_with(&args.index, &options) {
         Ok(i) => i,
@@ -279,21 +258,13 @@ fn main() -> ExitCode {
         if line.trim().is_empty() {
             continue;
         }
-        let q: Result<Value, String> =
-            serde_json::from_str(&line).map_err(|e| format!("bad JSON: {e}"));
-        let mut obj = match q
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|q| run(&index, q, &args))
-        {
+        let q: Result<Value, String> = serde_json::from_str(&line).map_err(|e| format!("bad JSON: {e}"));
+        let mut obj = match q.as_ref().map_err(Clone::clone).and_then(|q| run(&index, q, &args)) {
             Ok((mut obj, times)) => {
                 let med = median(&times);
                 total_us += med;
                 obj.insert("us".into(), json!(times[0]));
-                obj.insert(
-                    "us_min".into(),
-                    json!(times.iter().copied().fold(f64::INFINITY, f64::min)),
-                );
+                obj.insert("us_min".into(), json!(times.iter().copied().fold(f64::INFINITY, f64::min)));
                 obj.insert("us_median".into(), json!(med));
                 obj
             }

@@ -116,14 +116,13 @@ impl QueryEngine {
     }
 
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let tok = self.tokenizer.as_deref().ok_or_else(|| {
-            query_err("this index has no known tokenizer: send query_ids instead of query")
-        })?;
+        let tok = self
+            .tokenizer
+            .as_deref()
+            .ok_or_else(|| query_err("this index has no known tokenizer: send query_ids instead of query"))?;
         let ids = tokenize::tokenize(tok, text);
         if ids.is_empty() {
-            return Err(query_err(format!(
-                "the query {text:?} tokenizes to nothing"
-            )));
+            return Err(query_err(format!("the query {text:?} tokenizes to nothing")));
         }
         Ok(ids)
     }
@@ -139,12 +138,7 @@ impl QueryEngine {
                 if text.contains(" AND ") || text.contains(" OR ") {
                     let cnf = text
                         .split(" AND ")
-                        .map(|clause| {
-                            clause
-                                .split(" OR ")
-                                .map(|term| self.tokenize(term.trim()))
-                                .collect::<Result<Vec<_>>>()
-                        })
+                        .map(|clause| clause.split(" OR ").map(|term| self.tokenize(term.trim())).collect::<Result<Vec<_>>>())
                         .collect::<Result<Vec<_>>>()?;
                     Ok(QueryIds::Cnf(cnf))
                 } else {
@@ -159,10 +153,7 @@ impl QueryEngine {
     fn ngram(&self, req: &QueryRequest) -> Result<Vec<u32>> {
         match self.ids(req)? {
             QueryIds::Ngram(ids) => Ok(ids),
-            QueryIds::Cnf(_) => Err(query_err(format!(
-                "{:?} takes an n-gram, not AND/OR clauses",
-                req.query_type
-            ))),
+            QueryIds::Cnf(_) => Err(query_err(format!("{:?} takes an n-gram, not AND/OR clauses", req.query_type))),
         }
     }
 
@@ -172,10 +163,7 @@ impl QueryEngine {
     }
 
     fn doc_json(&self, doc: DocResult) -> Value {
-        let text = self
-            .tokenizer
-            .as_deref()
-            .map(|t| t.detokenize(&doc.token_ids));
+        let text = self.tokenizer.as_deref().map(|t| t.detokenize(&doc.token_ids));
         let mut v = serde_json::to_value(doc).expect("serializes");
         if let Some(text) = text {
             v["text"] = Value::String(text);
@@ -187,14 +175,10 @@ impl QueryEngine {
         let maxnum = req.maxnum.unwrap_or(DEFAULT_MAXNUM);
         let max_disp_len = req.max_disp_len.unwrap_or(DEFAULT_MAX_DISP_LEN);
         if maxnum == 0 || maxnum > MAX_MAXNUM {
-            return Err(query_err(format!(
-                "maxnum must be between 1 and {MAX_MAXNUM}"
-            )));
+            return Err(query_err(format!("maxnum must be between 1 and {MAX_MAXNUM}")));
         }
         if max_disp_len.saturating_mul(maxnum as u64) > MAX_DISPLAY_TOKENS {
-            return Err(query_err(format!(
-                "maxnum × max_disp_len must be at most {MAX_DISPLAY_TOKENS}"
-            )));
+            return Err(query_err(format!("maxnum × max_disp_len must be at most {MAX_DISPLAY_TOKENS}")));
         }
         Ok((maxnum, max_disp_len))
     }
@@ -206,12 +190,8 @@ impl QueryEngine {
         let index = &self.index;
         let max_support = req.max_support.unwrap_or(DEFAULT_MAX_SUPPORT);
         let cnf_options = CnfOptions {
-            max_clause_freq: req
-                .max_clause_freq
-                .unwrap_or(CnfOptions::default().max_clause_freq),
-            max_diff_tokens: req
-                .max_diff_tokens
-                .unwrap_or(CnfOptions::default().max_diff_tokens),
+            max_clause_freq: req.max_clause_freq.unwrap_or(CnfOptions::default().max_clause_freq),
+            max_diff_tokens: req.max_diff_tokens.unwrap_or(CnfOptions::default().max_diff_tokens),
         };
         let mut query_ids: Option<Value> = None;
         let mut tokens: Option<Vec<String>> = None;
@@ -233,9 +213,7 @@ impl QueryEngine {
             QueryType::Prob | QueryType::InfgramProb => {
                 let ids = self.ngram(req)?;
                 let Some((&next, context)) = ids.split_last() else {
-                    return Err(query_err(
-                        "prob needs at least one token: the last one is the continuation",
-                    ));
+                    return Err(query_err("prob needs at least one token: the last one is the continuation"));
                 };
                 remember(&ids);
                 if req.query_type == QueryType::Prob {
@@ -252,10 +230,7 @@ impl QueryEngine {
                 } else {
                     serde_json::to_value(index.infgram_ntd(&ids, max_support)?)?
                 };
-                if let (Some(tok), Some(map)) = (
-                    self.tokenizer.as_deref(),
-                    v["result_by_token_id"].as_object_mut(),
-                ) {
+                if let (Some(tok), Some(map)) = (self.tokenizer.as_deref(), v["result_by_token_id"].as_object_mut()) {
                     for (id, entry) in map.iter_mut() {
                         if let Ok(id) = id.parse::<u32>() {
                             entry["token"] = Value::String(tok.detokenize(&[id]));
@@ -281,28 +256,16 @@ impl QueryEngine {
                         index.search_docs_cnf(&cnf, maxnum, max_disp_len, &cnf_options, req.seed)?
                     }
                 };
-                let docs: Vec<Value> = result
-                    .documents
-                    .into_iter()
-                    .map(|d| self.doc_json(d))
-                    .collect();
+                let docs: Vec<Value> = result.documents.into_iter().map(|d| self.doc_json(d)).collect();
                 json!({"cnt": result.cnt, "approx": result.approx, "idxs": result.idxs, "documents": docs})
             }
             QueryType::GetDocByRank | QueryType::GetDocByPtr => {
                 let (_, max_disp_len) = self.display(req)?;
                 let s = req.s.ok_or_else(|| query_err("give the shard `s`"))?;
                 let doc = if req.query_type == QueryType::GetDocByRank {
-                    index.doc_by_rank(
-                        s,
-                        req.rank.ok_or_else(|| query_err("give the `rank`"))?,
-                        max_disp_len,
-                    )?
+                    index.doc_by_rank(s, req.rank.ok_or_else(|| query_err("give the `rank`"))?, max_disp_len)?
                 } else {
-                    index.doc_by_ptr(
-                        s,
-                        req.ptr.ok_or_else(|| query_err("give the `ptr`"))?,
-                        max_disp_len,
-                    )?
+                    index.doc_by_ptr(s, req.ptr.ok_or_else(|| query_err("give the `ptr`"))?, max_disp_len)?
                 };
                 self.doc_json(doc)
             }
@@ -324,8 +287,8 @@ impl QueryEngine {
 
     /// Answer a JSON request given as text: malformed JSON is an error like any other.
     pub fn answer_json(&self, request: &str) -> Result<Value> {
-        let req: QueryRequest = serde_json::from_str(request)
-            .map_err(|e| query_err(format!("malformed request: {e}")))?;
+        let req: QueryRequest =
+            serde_json::from_str(request).map_err(|e| query_err(format!("malformed request: {e}")))?;
         self.answer(&req)
     }
 }

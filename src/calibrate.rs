@@ -35,20 +35,12 @@ impl CostCurve {
         if let Some(&(_, secs)) = self.seconds.iter().find(|p| p.0 == n) {
             return secs / base;
         }
-        let same_parity: Vec<(usize, f64)> = self
-            .seconds
-            .iter()
-            .copied()
-            .filter(|p| p.0 > 1 && p.0 % 2 == n % 2)
-            .collect();
+        let same_parity: Vec<(usize, f64)> =
+            self.seconds.iter().copied().filter(|p| p.0 > 1 && p.0 % 2 == n % 2).collect();
         let below = same_parity.iter().filter(|p| p.0 < n).count();
         let above = same_parity.len() - below;
         let bracketed = (below >= 1 && above >= 1) || (above == 0 && below >= 2);
-        let points = if bracketed {
-            &same_parity[..]
-        } else {
-            &self.seconds[..]
-        };
+        let points = if bracketed { &same_parity[..] } else { &self.seconds[..] };
         interpolate(points, n) / base
     }
 }
@@ -61,11 +53,7 @@ fn interpolate(pts: &[(usize, f64)], n: usize) -> f64 {
         pts[0].1
     } else if at == pts.len() {
         let (a, b) = (pts[pts.len().saturating_sub(2)], pts[pts.len() - 1]);
-        let slope = if b.0 > a.0 {
-            (b.1 - a.1) / (b.0 - a.0) as f64
-        } else {
-            0.0
-        };
+        let slope = if b.0 > a.0 { (b.1 - a.1) / (b.0 - a.0) as f64 } else { 0.0 };
         b.1 + slope * (n - b.0) as f64
     } else {
         let (a, b) = (pts[at - 1], pts[at]);
@@ -75,43 +63,26 @@ fn interpolate(pts: &[(usize, f64)], n: usize) -> f64 {
 
 /// Batch sizes measured by default: every size up to 16, then pairs of an even and an odd size, so
 /// that each parity has its own curve (see [`CostCurve::relative`]).
-pub const DEFAULT_SIZES: [usize; 28] = [
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 21, 24, 25, 32, 33, 40, 41, 48, 49,
-    64, 65,
-];
+pub const DEFAULT_SIZES: [usize; 28] =
+    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 21, 24, 25, 32, 33, 40, 41, 48, 49, 64, 65];
 
 /// Measure the curve on a session: `context_tokens` in the cache, `reps` timings per size (median).
-pub fn measure(
-    session: &mut Session<'_>,
-    sizes: &[usize],
-    context_tokens: usize,
-    reps: usize,
-) -> Result<CostCurve> {
+pub fn measure(session: &mut Session<'_>, sizes: &[usize], context_tokens: usize, reps: usize) -> Result<CostCurve> {
     // Sorted, once each, and 1 always: costs are relative to a batch of one.
-    let mut sizes: Vec<usize> = sizes
-        .iter()
-        .copied()
-        .filter(|&n| n > 0)
-        .chain([1])
-        .collect();
+    let mut sizes: Vec<usize> = sizes.iter().copied().filter(|&n| n > 0).chain([1]).collect();
     sizes.sort_unstable();
     sizes.dedup();
     let sizes = &sizes[..];
     let max = sizes.iter().copied().max().unwrap_or(1);
     if max + 1 > session.options().n_batch as usize {
-        return Err(Error::Invalid(format!(
-            "batches of {max} need --batch of at least {}",
-            max + 1
-        )));
+        return Err(Error::Invalid(format!("batches of {max} need --batch of at least {}", max + 1)));
     }
     // A real-looking context: the model's own tokens 100..100+context_tokens.
-    let prompt: Vec<u32> = (0..context_tokens.max(1) as u32)
-        .map(|i| 100 + i % 5000)
-        .collect();
+    let prompt: Vec<u32> = (0..context_tokens.max(1) as u32).map(|i| 100 + i % 5000).collect();
     session.prefill(&prompt)?;
     session.time_batch(1)?; // warm up
-                            // Rounds over all sizes rather than all timings of one size in a row, so that a slow spell of
-                            // the machine spreads over every size instead of bending the curve at one.
+    // Rounds over all sizes rather than all timings of one size in a row, so that a slow spell of
+    // the machine spreads over every size instead of bending the curve at one.
     let mut timings = vec![Vec::with_capacity(reps.max(1)); sizes.len()];
     for _ in 0..reps.max(1) {
         for (t, &n) in timings.iter_mut().zip(sizes) {
@@ -128,10 +99,7 @@ pub fn measure(
         .collect();
     let path = session.model().path();
     Ok(CostCurve {
-        model_file: path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        model_file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         model_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         threads: session.options().threads,
         context_tokens,
@@ -150,10 +118,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn cache_path(model: &std::path::Path, threads: usize) -> PathBuf {
-    let name = model
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
     let kernels = crate::llama::kernels().tag();
     cache_dir().join(format!("cost-{name}-{size}-t{threads}-{kernels}.json"))
@@ -167,10 +132,7 @@ pub fn load_cached(model: &std::path::Path, threads: usize) -> Option<CostCurve>
 /// Save atomically (write then rename).
 pub fn save(curve: &CostCurve, model: &std::path::Path) -> Result<PathBuf> {
     let path = cache_path(model, curve.threads);
-    crate::error::write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(curve).expect("serializes"),
-    )?;
+    crate::error::write_atomic(&path, &serde_json::to_vec_pretty(curve).expect("serializes"))?;
     Ok(path)
 }
 
@@ -201,16 +163,7 @@ mod tests {
             model_bytes: 1,
             threads: 1,
             context_tokens: 0,
-            seconds: vec![
-                (1, 1.0),
-                (2, 1.2),
-                (3, 2.0),
-                (4, 1.8),
-                (8, 3.0),
-                (9, 3.8),
-                (16, 5.0),
-                (17, 6.0),
-            ],
+            seconds: vec![(1, 1.0), (2, 1.2), (3, 2.0), (4, 1.8), (8, 3.0), (9, 3.8), (16, 5.0), (17, 6.0)],
         };
         // Measured sizes are taken as they are.
         assert_eq!(c.relative(3), 2.0);

@@ -95,21 +95,14 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<Source>> {
                 .follow_links(true)
                 .sort_by_file_name()
                 .into_iter()
-                .filter_entry(|e| {
-                    e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
-                });
+                .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
             for entry in walker {
                 let entry = entry.map_err(|e| {
                     let path = e.path().unwrap_or(input).to_path_buf();
                     Error::io(path, e.into())
                 })?;
                 if entry.file_type().is_file() {
-                    let name = entry
-                        .path()
-                        .strip_prefix(input)
-                        .unwrap_or(entry.path())
-                        .display()
-                        .to_string();
+                    let name = entry.path().strip_prefix(input).unwrap_or(entry.path()).display().to_string();
                     sources.push(Source::File(entry.into_path(), name));
                 }
             }
@@ -259,9 +252,7 @@ impl DocumentStream {
         }
         self.stats.skipped_bad += 1;
         if self.stats.skip_reasons.len() < MAX_SKIP_REASONS {
-            self.stats
-                .skip_reasons
-                .push(format!("{location}: {message}"));
+            self.stats.skip_reasons.push(format!("{location}: {message}"));
         }
         Ok(())
     }
@@ -320,10 +311,7 @@ impl DocumentStream {
 }
 
 /// The text and the remaining fields of one JSONL line.
-fn parse_jsonl_line(
-    line: &[u8],
-    text_field: &str,
-) -> std::result::Result<(String, Map<String, Value>), String> {
+fn parse_jsonl_line(line: &[u8], text_field: &str) -> std::result::Result<(String, Map<String, Value>), String> {
     let value: Value = serde_json::from_slice(line).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Object(mut metadata) = value else {
         return Err("expected a JSON object".into());
@@ -391,30 +379,16 @@ mod tests {
 
     #[test]
     fn jsonl_errors_say_what_is_wrong() {
-        assert!(parse_jsonl_line(b"{oops", "text")
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert!(parse_jsonl_line(br#"{"t":"x"}"#, "text")
-            .unwrap_err()
-            .contains("no field"));
-        assert!(parse_jsonl_line(br#"{"text":1}"#, "text")
-            .unwrap_err()
-            .contains("a number"));
-        assert!(parse_jsonl_line(br#"[1]"#, "text")
-            .unwrap_err()
-            .contains("object"));
+        assert!(parse_jsonl_line(b"{oops", "text").unwrap_err().contains("not valid JSON"));
+        assert!(parse_jsonl_line(br#"{"t":"x"}"#, "text").unwrap_err().contains("no field"));
+        assert!(parse_jsonl_line(br#"{"text":1}"#, "text").unwrap_err().contains("a number"));
+        assert!(parse_jsonl_line(br#"[1]"#, "text").unwrap_err().contains("object"));
     }
 
     #[test]
     fn compression_suffixes() {
-        assert_eq!(
-            split_compression(Path::new("a/B.JSONL.ZST")).0,
-            Compression::Zstd
-        );
-        assert_eq!(
-            split_compression(Path::new("a.txt.gz")),
-            (Compression::Gzip, "a.txt".into())
-        );
+        assert_eq!(split_compression(Path::new("a/B.JSONL.ZST")).0, Compression::Zstd);
+        assert_eq!(split_compression(Path::new("a.txt.gz")), (Compression::Gzip, "a.txt".into()));
         assert!(is_jsonl_name(&split_compression(Path::new("x.jsonl.gz")).1));
     }
 }

@@ -55,12 +55,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions {
-            max_tokens: 128,
-            sampling: SamplingParams::greedy(),
-            budget: 16,
-            stop_at_eog: true,
-        }
+        GenerateOptions { max_tokens: 128, sampling: SamplingParams::greedy(), budget: 16, stop_at_eog: true }
     }
 }
 
@@ -143,28 +138,16 @@ impl Generation {
     pub fn budget(&self, len: usize, n_ctx: usize) -> Result<usize> {
         let room = n_ctx.saturating_sub(len + 2);
         if room == 0 {
-            return Err(Error::Invalid(format!(
-                "the context of {n_ctx} tokens is full after {} tokens",
-                self.report.tokens.len()
-            )));
+            return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full after {} tokens", self.report.tokens.len())));
         }
-        let left = self
-            .options
-            .max_tokens
-            .saturating_sub(self.report.tokens.len());
+        let left = self.options.max_tokens.saturating_sub(self.report.tokens.len());
         Ok(self.options.budget.min(room).min(left.saturating_sub(1)))
     }
 
     /// Take a verification step of `drafted` nodes: its tokens go to `on_token` (which returns
     /// whether to go on) until the end of generation, `max_tokens` or the caller stops it.
     /// Returns whether the generation is over.
-    pub fn absorb(
-        &mut self,
-        model: &Model,
-        drafted: usize,
-        outcome: &StepOutcome,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> bool {
+    pub fn absorb(&mut self, model: &Model, drafted: usize, outcome: &StepOutcome, mut on_token: impl FnMut(u32) -> bool) -> bool {
         let report = &mut self.report;
         report.steps += 1;
         report.drafted += drafted;
@@ -218,17 +201,11 @@ pub fn generate(
     while !generation.is_done() {
         let started = Instant::now();
         let budget = generation.budget(session.len(), n_ctx)?;
-        let mut tree = if budget > 0 {
-            drafter.draft(&session.tokens(), budget)
-        } else {
-            DraftTree::new()
-        };
+        let mut tree = if budget > 0 { drafter.draft(&session.tokens(), budget) } else { DraftTree::new() };
         tree.truncate(budget.min(tree.len()));
         let drafted = started.elapsed();
         let wants_logits = drafter.wants_logits();
-        let pending = session
-            .pending()
-            .expect("a prefilled session has a pending token");
+        let pending = session.pending().expect("a prefilled session has a pending token");
         let outcome = session.step(&tree, &mut generation.chooser, |node, logits| {
             if wants_logits {
                 drafter.observe_logits(node.map_or(pending, |n| tree.token(n)), logits);

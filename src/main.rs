@@ -21,11 +21,7 @@ use ibid::tokenize::{TokenWidth, TokenizerSpec};
 use ibid::verify::{SamplingParams, Session, SessionOptions};
 
 #[derive(Parser)]
-#[command(
-    name = "ibid",
-    version,
-    about = "Suffix-array corpus indexes, n-gram queries and lossless accelerated generation"
-)]
+#[command(name = "ibid", version, about = "Suffix-array corpus indexes, n-gram queries and lossless accelerated generation")]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -189,36 +185,20 @@ struct IndexArgs {
 
 impl IndexArgs {
     fn open(&self) -> Result<Index> {
-        Index::open_with(
-            &self.index,
-            &OpenOptions {
-                token_width: self.token_width,
-                eos_token_id: self.eos,
-            },
-        )
-        .with_context(|| format!("cannot open index {}", self.index.display()))
+        Index::open_with(&self.index, &OpenOptions { token_width: self.token_width, eos_token_id: self.eos })
+            .with_context(|| format!("cannot open index {}", self.index.display()))
     }
 
     /// The index with its tokenizer: the one given, else the manifest's when `want`ed (servers,
     /// text queries) or cheap (bytes). Only a `needed` tokenizer that fails to load is an error.
-    fn engine(
-        &self,
-        tokenizer: Option<&TokenizerSpec>,
-        want: bool,
-        needed: bool,
-    ) -> Result<QueryEngine> {
+    fn engine(&self, tokenizer: Option<&TokenizerSpec>, want: bool, needed: bool) -> Result<QueryEngine> {
         let index = self.open()?;
-        let cheap = index
-            .manifest
-            .as_ref()
-            .is_some_and(|m| m.tokenizer.kind == "bytes");
+        let cheap = index.manifest.as_ref().is_some_and(|m| m.tokenizer.kind == "bytes");
         let tok = if tokenizer.is_some() || want || needed || cheap {
             let loaded = index.tokenizer(tokenizer);
             match loaded {
                 Ok(t) => Some(t),
-                Err(e) if needed => {
-                    return Err(e).context("text queries need the index's tokenizer")
-                }
+                Err(e) if needed => return Err(e).context("text queries need the index's tokenizer"),
                 Err(_) => None,
             }
         } else {
@@ -280,10 +260,7 @@ impl QueryArgs {
             } else {
                 QueryIds::Ngram(
                     text.split_whitespace()
-                        .map(|t| {
-                            t.parse::<u32>()
-                                .with_context(|| format!("not a token id: {t}"))
-                        })
+                        .map(|t| t.parse::<u32>().with_context(|| format!("not a token id: {t}")))
                         .collect::<Result<_>>()?,
                 )
             });
@@ -300,9 +277,7 @@ impl QueryArgs {
     }
 
     fn run(&self, query_type: QueryType, tweak: impl FnOnce(&mut QueryRequest)) -> Result<()> {
-        let engine = self
-            .index
-            .engine(self.tokenizer.as_ref(), !self.ids, !self.ids)?;
+        let engine = self.index.engine(self.tokenizer.as_ref(), !self.ids, !self.ids)?;
         let mut req = self.request(query_type)?;
         tweak(&mut req);
         let answer = engine.answer(&req)?;
@@ -331,20 +306,13 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Model> {
-        Model::load(&self.model)
-            .with_context(|| format!("cannot load the model {}", self.model.display()))
+        Model::load(&self.model).with_context(|| format!("cannot load the model {}", self.model.display()))
     }
 
     fn session_options(&self, threads: usize) -> SessionOptions {
         let n_batch = self.batch.max(2);
         let max_sequences = SessionOptions::default().max_sequences.min(n_batch - 1);
-        SessionOptions {
-            threads,
-            n_ctx: self.ctx,
-            n_batch,
-            max_sequences,
-            ..SessionOptions::default()
-        }
+        SessionOptions { threads, n_ctx: self.ctx, n_batch, max_sequences, ..SessionOptions::default() }
     }
 }
 
@@ -470,8 +438,7 @@ impl BuildObserver for Bar {
     fn progress(&self, bytes_read: u64, tokens: u64) {
         self.bar.set_position(bytes_read);
         let rate = tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
-        self.bar
-            .set_message(format!("{tokens} tokens, {:.0} tokens/s", rate));
+        self.bar.set_message(format!("{tokens} tokens, {:.0} tokens/s", rate));
     }
     fn stage(&self, message: &str) {
         self.bar.set_message(message.to_string());
@@ -487,10 +454,7 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 
 fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
     let tokenizer = args.tokenizer.load().context("cannot load the tokenizer")?;
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| index::build::default_output(&args.corpus));
+    let output = args.output.clone().unwrap_or_else(|| index::build::default_output(&args.corpus));
     let mut options = BuildOptions::new(&output);
     options.force = args.force;
     options.corpus = CorpusOptions {
@@ -507,28 +471,14 @@ fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
     }
     options.max_shard_tokens = args.shard_tokens;
     options.threads = threads;
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
+    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ETA {eta} {msg}",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ETA {eta} {msg}")
+            .expect("valid template"),
     );
-    let observer = Bar {
-        bar,
-        start: Instant::now(),
-    };
-    let report =
-        index::build(&args.corpus, tokenizer.as_ref(), &options, &observer).with_context(|| {
-            format!(
-                "building {} failed; nothing was written there",
-                output.display()
-            )
-        })?;
+    let observer = Bar { bar, start: Instant::now() };
+    let report = index::build(&args.corpus, tokenizer.as_ref(), &options, &observer)
+        .with_context(|| format!("building {} failed; nothing was written there", output.display()))?;
     observer.bar.finish_and_clear();
     let m = &report.manifest;
     print_json(&json!({
@@ -559,10 +509,7 @@ fn run_info(args: IndexArgs) -> Result<()> {
             })
         })
         .collect();
-    let bytes: u64 = shards
-        .iter()
-        .map(|s| s["bytes"].as_u64().unwrap_or(0))
-        .sum();
+    let bytes: u64 = shards.iter().map(|s| s["bytes"].as_u64().unwrap_or(0)).sum();
     print_json(&json!({
         "index": index.dir,
         "layout": if index.manifest.is_some() { "ibid (infini-gram v4 + ibid.json)" } else { "infini-gram v4 (no manifest)" },
@@ -578,9 +525,7 @@ fn run_info(args: IndexArgs) -> Result<()> {
 
 fn run_verify(args: IndexArgs, deep: bool) -> Result<()> {
     let index = args.open()?;
-    let report = index
-        .verify(deep)
-        .with_context(|| format!("index {} failed verification", args.index.display()))?;
+    let report = index.verify(deep).with_context(|| format!("index {} failed verification", args.index.display()))?;
     print_json(&json!({"ok": true, "report": report}))
 }
 
@@ -594,9 +539,7 @@ fn run_batch(index: IndexArgs, tokenizer: Option<TokenizerSpec>) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let answer = engine
-            .answer_json(&line)
-            .unwrap_or_else(|e| json!({"error": e.to_string()}));
+        let answer = engine.answer_json(&line).unwrap_or_else(|e| json!({"error": e.to_string()}));
         serde_json::to_writer(&mut out, &answer)?;
         writeln!(out)?;
     }
@@ -607,8 +550,7 @@ fn run_batch(index: IndexArgs, tokenizer: Option<TokenizerSpec>) -> Result<()> {
 fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the prompt file {}", f.display()))?,
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read the prompt file {}", f.display()))?,
         (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file FILE"),
     };
     if prompt.is_empty() {
@@ -624,18 +566,13 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let model = args.model.load()?;
     let index = match &args.index {
         Some(dir) => {
-            let index =
-                Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
+            let index = Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
             model.check_index(&index)?;
             Some(index)
         }
         None => None,
     };
-    let sources: Vec<String> = if args.draft.is_empty() {
-        vec!["default".into()]
-    } else {
-        args.draft.clone()
-    };
+    let sources: Vec<String> = if args.draft.is_empty() { vec!["default".into()] } else { args.draft.clone() };
     let prompt_tokens = model.tokenize_prompt(&prompt);
     let oracle = sources.iter().any(|s| s == "oracle");
     let chosen: Vec<&String> = sources.iter().filter(|s| *s != "oracle").collect();
@@ -643,8 +580,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let chosen = if chosen.is_empty() {
         ibid::server::DraftSources::none()
     } else {
-        ibid::server::DraftSources::from_names(&chosen)
-            .map_err(|e| anyhow::anyhow!("{e} (or oracle)"))?
+        ibid::server::DraftSources::from_names(&chosen).map_err(|e| anyhow::anyhow!("{e} (or oracle)"))?
     };
     if sources.iter().any(|s| s == "index") && index.is_none() {
         anyhow::bail!("--draft index needs --index DIR");
@@ -653,8 +589,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     let mut recycle_open_s = None;
     if chosen.recycle {
         let started = Instant::now();
-        let (recycle, problem) =
-            ibid::draft::RecycleDrafter::for_model(&model, index.as_ref(), !args.no_recycle_save);
+        let (recycle, problem) = ibid::draft::RecycleDrafter::for_model(&model, index.as_ref(), !args.no_recycle_save);
         if let Some(e) = problem {
             eprintln!("ibid: warning: {e}; starting a new recycling matrix");
         }
@@ -662,43 +597,26 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         proposers.push(Box::new(recycle));
     }
     if oracle {
-        let file = args
-            .oracle
-            .as_ref()
-            .context("--draft oracle needs --oracle REPORT")?;
-        let text =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let report: serde_json::Value = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a JSON report", file.display()))?;
-        let reference: Vec<u32> = serde_json::from_value(report["token_ids"].clone())
-            .with_context(|| format!("{} has no token_ids list", file.display()))?;
-        proposers.push(Box::new(ibid::draft::OracleDrafter::new(
-            prompt_tokens.len(),
-            reference,
-        )));
+        let file = args.oracle.as_ref().context("--draft oracle needs --oracle REPORT")?;
+        let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&text).with_context(|| format!("{} is not a JSON report", file.display()))?;
+        let reference: Vec<u32> =
+            serde_json::from_value(report["token_ids"].clone()).with_context(|| format!("{} has no token_ids list", file.display()))?;
+        proposers.push(Box::new(ibid::draft::OracleDrafter::new(prompt_tokens.len(), reference)));
     }
     let mut drafter = ibid::draft::Combined::new(proposers);
     let max_budget = match args.budget.as_str() {
         "auto" => {
             let curve = ibid::calibrate::load_cached(&args.model.model, threads);
-            drafter.budget = Some(ibid::draft::Budget::new(
-                curve.as_ref(),
-                ibid::draft::MAX_AUTO_BUDGET,
-            ));
+            drafter.budget = Some(ibid::draft::Budget::new(curve.as_ref(), ibid::draft::MAX_AUTO_BUDGET));
             ibid::draft::MAX_AUTO_BUDGET
         }
-        n => n
-            .parse::<usize>()
-            .with_context(|| format!("--budget takes a number or auto, not {n:?}"))?,
+        n => n.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {n:?}"))?,
     };
     let mut session = Session::new(&model, args.model.session_options(threads))?;
     let tokens = prompt_tokens;
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling,
-        budget: max_budget,
-        ..GenerateOptions::default()
-    };
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, budget: max_budget, ..GenerateOptions::default() };
     let mut text = TextStream::default();
     let mut out = std::io::stdout().lock();
     let report = generate(&mut session, &tokens, &mut drafter, &options, |t| {
@@ -738,13 +656,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     if let Some(path) = &args.report {
         stats["token_ids"] = json!(report.tokens);
         stats["margins"] = json!(report.margins);
-        stats["text"] = json!(String::from_utf8_lossy(
-            &report
-                .tokens
-                .iter()
-                .flat_map(|&t| model.token_bytes(t))
-                .collect::<Vec<u8>>()
-        ));
+        stats["text"] = json!(String::from_utf8_lossy(&report.tokens.iter().flat_map(|&t| model.token_bytes(t)).collect::<Vec<u8>>()));
         ibid::error::write_atomic(path, &serde_json::to_vec_pretty(&stats)?)
             .with_context(|| format!("cannot write the report {}", path.display()))?;
     }
@@ -757,19 +669,10 @@ fn budget_histogram(budgets: &[usize]) -> serde_json::Value {
     for &b in budgets {
         *counts.entry(b).or_insert(0u64) += 1;
     }
-    json!(counts
-        .into_iter()
-        .map(|(b, n)| (b.to_string(), json!(n)))
-        .collect::<serde_json::Map<_, _>>())
+    json!(counts.into_iter().map(|(b, n)| (b.to_string(), json!(n))).collect::<serde_json::Map<_, _>>())
 }
 
-fn run_calibrate(
-    model: ModelArgs,
-    sizes: Vec<usize>,
-    reps: usize,
-    context: usize,
-    threads: usize,
-) -> Result<()> {
+fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usize, threads: usize) -> Result<()> {
     let loaded = model.load()?;
     let max = sizes.iter().copied().max().unwrap_or(1) as u32;
     let mut options = model.session_options(threads);
@@ -789,21 +692,18 @@ fn run_calibrate(
 
 fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     use std::sync::Arc;
-    let sources =
-        ibid::server::DraftSources::from_names(&args.draft).map_err(anyhow::Error::msg)?;
+    let sources = ibid::server::DraftSources::from_names(&args.draft).map_err(anyhow::Error::msg)?;
     let model = Arc::new(args.model.load()?);
     let index = match &args.index {
         Some(dir) => {
-            let index =
-                Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
+            let index = Index::open(dir).with_context(|| format!("cannot open index {}", dir.display()))?;
             model.check_index(&index)?;
             Some(Arc::new(index))
         }
         None => None,
     };
     let recycle = sources.recycle.then(|| {
-        let (r, problem) =
-            ibid::draft::RecycleDrafter::for_model(&model, index.as_deref(), !args.no_recycle_save);
+        let (r, problem) = ibid::draft::RecycleDrafter::for_model(&model, index.as_deref(), !args.no_recycle_save);
         if let Some(e) = problem {
             eprintln!("ibid: warning: {e}; starting a new recycling matrix");
         }
@@ -813,10 +713,7 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     let engine = match &args.index {
         Some(dir) => {
             let tokenizer = ibid::tokenize::GgufTokenizer::load_with(&args.model.model, true)?;
-            Some(Arc::new(QueryEngine::new(
-                Index::open(dir)?,
-                Some(Box::new(tokenizer)),
-            )))
+            Some(Arc::new(QueryEngine::new(Index::open(dir)?, Some(Box::new(tokenizer)))))
         }
         None => None,
     };
@@ -832,53 +729,21 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     session.cached_prompts = 32;
     session.n_ctx = session.n_ctx.saturating_mul(parallel);
     let sequences = parallel * session.max_sequences + session.cached_prompts;
-    session.n_batch = session
-        .n_batch
-        .max(parallel * (1 + max_budget as u32))
-        .max(sequences + 1);
-    let config = ibid::server::WorkerConfig {
-        session,
-        request_ctx: n_ctx,
-        sources,
-        max_budget,
-        queue: args.queue,
-    };
-    let (queue, worker) = ibid::server::worker::spawn(
-        model.clone(),
-        index.clone(),
-        recycle,
-        config,
-        metrics.clone(),
-    )?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.model
-            .model
-            .file_name()
-            .map_or("model".into(), |f| f.to_string_lossy().into_owned())
-    });
+    session.n_batch = session.n_batch.max(parallel * (1 + max_budget as u32)).max(sequences + 1);
+    let config = ibid::server::WorkerConfig { session, request_ctx: n_ctx, sources, max_budget, queue: args.queue };
+    let (queue, worker) = ibid::server::worker::spawn(model.clone(), index.clone(), recycle, config, metrics.clone())?;
+    let name =
+        args.name.clone().unwrap_or_else(|| args.model.model.file_name().map_or("model".into(), |f| f.to_string_lossy().into_owned()));
     let options = ibid::server::ServerOptions {
         max_body_bytes: args.max_body as usize,
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),
     };
-    let state = Arc::new(ibid::server::AppState {
-        model,
-        model_name: name,
-        queue,
-        metrics,
-        n_ctx,
-        timeout: options.timeout,
-    });
+    let state = Arc::new(ibid::server::AppState { model, model_name: name, queue, metrics, n_ctx, timeout: options.timeout });
     let app = ibid::server::router(state, engine, &options);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.addr))?;
-        eprintln!(
-            "ibid: serving {} on http://{}",
-            args.model.model.display(),
-            listener.local_addr()?
-        );
+        let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+        eprintln!("ibid: serving {} on http://{}", args.model.model.display(), listener.local_addr()?);
         ibid::server::serve(app, listener, ibid::serve::shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -889,13 +754,7 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn run_serve(
-    index: IndexArgs,
-    tokenizer: Option<TokenizerSpec>,
-    addr: std::net::SocketAddr,
-    max_body: u64,
-    timeout: f64,
-) -> Result<()> {
+fn run_serve(index: IndexArgs, tokenizer: Option<TokenizerSpec>, addr: std::net::SocketAddr, max_body: u64, timeout: f64) -> Result<()> {
     let engine = std::sync::Arc::new(index.engine(tokenizer.as_ref(), true, false)?);
     let options = ServeOptions {
         addr,
@@ -905,14 +764,8 @@ fn run_serve(
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(options.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", options.addr))?;
-        eprintln!(
-            "ibid: serving {} on http://{}",
-            index.index.display(),
-            listener.local_addr()?
-        );
+        let listener = tokio::net::TcpListener::bind(options.addr).await.with_context(|| format!("cannot listen on {}", options.addr))?;
+        eprintln!("ibid: serving {} on http://{}", index.index.display(), listener.local_addr()?);
         ibid::serve::serve(engine, listener, &options, ibid::serve::shutdown_signal()).await?;
         eprintln!("ibid: stopped");
         Ok(())
@@ -921,41 +774,21 @@ fn run_serve(
 
 fn main() {
     let cli = Cli::parse();
-    let threads = cli
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if matches!(cli.command, Command::Build(_) | Command::Table { .. })
-        && std::env::var_os("OMP_WAIT_POLICY").is_none()
-    {
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if matches!(cli.command, Command::Build(_) | Command::Table { .. }) && std::env::var_os("OMP_WAIT_POLICY").is_none() {
         // libsais's OpenMP threads spin while idle otherwise, which starves the other core.
         std::env::set_var("OMP_WAIT_POLICY", "passive");
     }
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     // Off unless IBID_LOG asks (e.g. IBID_LOG=ibid=debug for per-step timings); the server logs at info.
-    let default_log = if matches!(cli.command, Command::Serve(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IBID_LOG")
-                .unwrap_or_else(|_| default_log.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IBID_LOG").unwrap_or_else(|_| default_log.into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    ibid::llama::set_kernels(if cli.fast_kernels {
-        ibid::llama::Kernels::Fast
-    } else {
-        ibid::llama::Kernels::Exact
-    });
-    if !cli.fast_kernels
-        && ibid::llama::repacked_build()
-        && matches!(cli.command, Command::Generate(_) | Command::Serve(_))
-    {
+    ibid::llama::set_kernels(if cli.fast_kernels { ibid::llama::Kernels::Fast } else { ibid::llama::Kernels::Exact });
+    if !cli.fast_kernels && ibid::llama::repacked_build() && matches!(cli.command, Command::Generate(_) | Command::Serve(_)) {
         eprintln!("ibid: warning: llama.cpp was built with GGML_CPU_REPACK on, so batched logits depend on the batch size and accelerated output may differ from plain decoding at near-ties (README, Exactness)");
     }
     let result = match cli.command {
@@ -965,19 +798,9 @@ fn main() {
         Command::Count(args) | Command::Cnf(args) => args.run(QueryType::Count, |_| {}),
         Command::Prob(args) => args.run(QueryType::Prob, |_| {}),
         Command::Ntd(args) => args.run(QueryType::Ntd, |_| {}),
-        Command::Infgram { args, prob } => args.run(
-            if prob {
-                QueryType::InfgramProb
-            } else {
-                QueryType::InfgramNtd
-            },
-            |_| {},
-        ),
+        Command::Infgram { args, prob } => args.run(if prob { QueryType::InfgramProb } else { QueryType::InfgramNtd }, |_| {}),
         Command::Find(args) => args.run(QueryType::Find, |_| {}),
-        Command::Docs {
-            args,
-            doc_ix: Some(ix),
-        } => args.run(QueryType::GetDocByIx, |r| {
+        Command::Docs { args, doc_ix: Some(ix) } => args.run(QueryType::GetDocByIx, |r| {
             r.doc_ix = Some(ix);
             r.query = None;
             r.query_ids = None;
@@ -985,25 +808,10 @@ fn main() {
         Command::Docs { args, doc_ix: None } => args.run(QueryType::SearchDocs, |_| {}),
         Command::Query { index, tokenizer } => run_batch(index, tokenizer),
         Command::Generate(args) => run_generate(args, threads),
-        Command::Calibrate {
-            model,
-            sizes,
-            reps,
-            context,
-        } => run_calibrate(model, sizes, reps, context, threads),
+        Command::Calibrate { model, sizes, reps, context } => run_calibrate(model, sizes, reps, context, threads),
         Command::Serve(args) => run_serve_model(args, threads),
-        Command::ServeIndex {
-            index,
-            tokenizer,
-            addr,
-            max_body,
-            timeout,
-        } => run_serve(index, tokenizer, addr, max_body, timeout),
-        Command::Table {
-            dir,
-            token_width,
-            force,
-        } => index::build::table_for_tokenized(&dir, token_width, threads, force)
+        Command::ServeIndex { index, tokenizer, addr, max_body, timeout } => run_serve(index, tokenizer, addr, max_body, timeout),
+        Command::Table { dir, token_width, force } => index::build::table_for_tokenized(&dir, token_width, threads, force)
             .with_context(|| format!("cannot build the suffix arrays in {}", dir.display()))
             .and_then(|r| print_json(&serde_json::to_value(r)?)),
     };
@@ -1020,10 +828,7 @@ fn main() {
 /// Whether writing to stdout failed because its reader closed the pipe.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        let kind = match (
-            cause.downcast_ref::<std::io::Error>(),
-            cause.downcast_ref::<serde_json::Error>(),
-        ) {
+        let kind = match (cause.downcast_ref::<std::io::Error>(), cause.downcast_ref::<serde_json::Error>()) {
             (Some(io), _) => Some(io.kind()),
             (None, Some(json)) => json.io_error_kind(),
             _ => None,

@@ -16,10 +16,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("path", &self.path)
-            .field("vocab_size", &self.n_vocab())
-            .finish()
+        f.debug_struct("Model").field("path", &self.path).field("vocab_size", &self.n_vocab()).finish()
     }
 }
 
@@ -63,12 +60,7 @@ impl Model {
         if vocab.should_add_bos() {
             out.push(vocab.bos().0 as u32);
         }
-        out.extend(
-            vocab
-                .tokenize(text.as_bytes(), false, true)
-                .into_iter()
-                .map(|t| t.0 as u32),
-        );
+        out.extend(vocab.tokenize(text.as_bytes(), false, true).into_iter().map(|t| t.0 as u32));
         out
     }
 
@@ -79,20 +71,12 @@ impl Model {
         if let Ok(t) = self.llama().chat_template(None) {
             return Ok((t, "gguf".into()));
         }
-        let arch = self
-            .llama()
-            .meta_val_str("general.architecture")
-            .unwrap_or_default();
-        let family = ["gemma", "llama3", "mistral", "phi3", "qwen", "chatml"]
-            .into_iter()
-            .find(|f| arch.starts_with(f));
+        let arch = self.llama().meta_val_str("general.architecture").unwrap_or_default();
+        let family = ["gemma", "llama3", "mistral", "phi3", "qwen", "chatml"].into_iter().find(|f| arch.starts_with(f));
         match family {
             Some(f) => {
                 let name = if f == "qwen" { "chatml" } else { f };
-                Ok((
-                    llama_cpp_2::model::LlamaChatTemplate::new(name).expect("no NUL"),
-                    format!("built-in {name}"),
-                ))
+                Ok((llama_cpp_2::model::LlamaChatTemplate::new(name).expect("no NUL"), format!("built-in {name}")))
             }
             None => Err(Error::Invalid(format!(
                 "{} has no chat template (architecture {arch:?}): use completions instead",
@@ -115,11 +99,7 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         self.llama()
             .apply_chat_template(&template, &chat, true)
-            .map_err(|e| {
-                bad(format!(
-                    "the chat template could not render these messages: {e}"
-                ))
-            })
+            .map_err(|e| bad(format!("the chat template could not render these messages: {e}")))
     }
 
     /// End-of-generation tokens (EOS, end of turn, ...).
@@ -132,9 +112,7 @@ impl Model {
         if token as usize >= self.n_vocab() {
             return Vec::new();
         }
-        self.llama()
-            .vocab()
-            .token_to_piece(LlamaToken(token as i32), false, None)
+        self.llama().vocab().token_to_piece(LlamaToken(token as i32), false, None)
     }
 
     /// Refuse an index whose tokenizer is not this model's vocabulary.

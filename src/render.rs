@@ -36,17 +36,8 @@ pub fn table(answer: &Value) -> String {
         });
         writeln!(out, "{:>10} {:>12} {:>9}  token", "id", "count", "prob").unwrap();
         for (id, v) in rows {
-            let token = v
-                .get("token")
-                .map(|t| format!("{:?}", scalar(t)))
-                .unwrap_or_default();
-            writeln!(
-                out,
-                "{id:>10} {:>12} {:>9.5}  {token}",
-                scalar(&v["cont_cnt"]),
-                v["prob"].as_f64().unwrap_or(0.0)
-            )
-            .unwrap();
+            let token = v.get("token").map(|t| format!("{:?}", scalar(t))).unwrap_or_default();
+            writeln!(out, "{id:>10} {:>12} {:>9.5}  {token}", scalar(&v["cont_cnt"]), v["prob"].as_f64().unwrap_or(0.0)).unwrap();
         }
     }
     let docs: Vec<&Value> = match obj.get("documents").and_then(Value::as_array) {
@@ -55,14 +46,7 @@ pub fn table(answer: &Value) -> String {
         None => vec![],
     };
     for doc in docs {
-        writeln!(
-            out,
-            "--- document {} ({} tokens) {}",
-            scalar(&doc["doc_ix"]),
-            scalar(&doc["doc_len"]),
-            scalar(&doc["metadata"])
-        )
-        .unwrap();
+        writeln!(out, "--- document {} ({} tokens) {}", scalar(&doc["doc_ix"]), scalar(&doc["doc_len"]), scalar(&doc["metadata"])).unwrap();
         match doc.get("text") {
             Some(t) => writeln!(out, "{}", scalar(t)).unwrap(),
             None => writeln!(out, "{}", doc["token_ids"]).unwrap(),

@@ -51,38 +51,25 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 
-async fn query(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn query(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
     let Ok(_permit) = state.permits.acquire().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
     };
     let engine = state.engine.clone();
     let work = tokio::task::spawn_blocking(move || {
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| Error::Query("the request body is not UTF-8".into()))?;
+        let text = std::str::from_utf8(&body).map_err(|_| Error::Query("the request body is not UTF-8".into()))?;
         engine.answer_json(text)
     });
     match tokio::time::timeout(state.timeout, work).await {
         Ok(Ok(Ok(answer))) => Json(answer).into_response(),
         Ok(Ok(Err(e @ Error::Query(_)))) => error(StatusCode::BAD_REQUEST, e),
         Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Ok(Err(join)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the query failed: {join}"),
-        ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the query took longer than {:?}", state.timeout),
-        ),
+        Ok(Err(join)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the query failed: {join}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the query took longer than {:?}", state.timeout)),
     }
 }
 
@@ -104,10 +91,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "no such route: POST / (or /query) with a JSON query, GET /health, GET /info",
-    )
+    error(StatusCode::NOT_FOUND, "no such route: POST / (or /query) with a JSON query, GET /health, GET /info")
 }
 
 /// The query routes alone (`POST /`, `POST /query`, `GET /info`), to mount in a larger server.
@@ -139,9 +123,7 @@ pub async fn serve(
     options: &ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, options))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(engine, options)).with_graceful_shutdown(shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -46,11 +46,7 @@ fn documents(index: &Path) -> Vec<String> {
         let bytes = shard.tokenized.bytes();
         for d in 0..shard.documents() {
             let start = shard.doc_offset(d) as usize + 1;
-            let end = if d + 1 < shard.documents() {
-                shard.doc_offset(d + 1) as usize
-            } else {
-                bytes.len()
-            };
+            let end = if d + 1 < shard.documents() { shard.doc_offset(d + 1) as usize } else { bytes.len() };
             docs.push(String::from_utf8(bytes[start..end].to_vec()).unwrap());
         }
     }
@@ -60,9 +56,7 @@ fn documents(index: &Path) -> Vec<String> {
 fn metadata(index: &Path) -> Vec<serde_json::Value> {
     let index = Index::open(index).unwrap();
     let shard = &index.shards[0];
-    (0..shard.documents())
-        .map(|d| serde_json::from_slice(shard.metadata_line(d).unwrap()).unwrap())
-        .collect()
+    (0..shard.documents()).map(|d| serde_json::from_slice(shard.metadata_line(d).unwrap()).unwrap()).collect()
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -72,14 +66,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn no_leftovers(dir: &Path) {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        names.iter().all(|n| !n.starts_with(".ibid-")),
-        "temporary folders left behind: {names:?}"
-    );
+    let names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with(".ibid-")), "temporary folders left behind: {names:?}");
 }
 
 const JSONL: &str = "{\"text\":\"first doc\",\"id\":1}\n\n{\"id\":2,\"text\":\"second\"}\n";
@@ -90,31 +78,13 @@ fn every_format_and_compression_reads_the_same_documents() {
     let d = dir.path();
     std::fs::write(d.join("a.jsonl"), JSONL).unwrap();
     std::fs::write(d.join("b.jsonl.gz"), gzip(JSONL.as_bytes())).unwrap();
-    std::fs::write(
-        d.join("c.jsonl.zst"),
-        zstd::encode_all(JSONL.as_bytes(), 3).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(d.join("c.jsonl.zst"), zstd::encode_all(JSONL.as_bytes(), 3).unwrap()).unwrap();
     std::fs::write(d.join("d.txt"), "plain text file\nwith two lines").unwrap();
     std::fs::write(d.join("e.txt.gz"), gzip("gzipped text".as_bytes())).unwrap();
-    std::fs::write(
-        d.join("f.md.zst"),
-        zstd::encode_all("zstd text".as_bytes(), 3).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(d.join("f.md.zst"), zstd::encode_all("zstd text".as_bytes(), 3).unwrap()).unwrap();
     let out = d.join("idx");
-    let report = ok(ibid(&[
-        "build",
-        p(&d.join("a.jsonl")),
-        p(&d.join("b.jsonl.gz")),
-        p(&d.join("c.jsonl.zst")),
-        p(&d.join("d.txt")),
-        p(&d.join("e.txt.gz")),
-        p(&d.join("f.md.zst")),
-        "-o",
-        p(&out),
-        "-q",
-    ]));
+    let report = ok(ibid(&["build", p(&d.join("a.jsonl")), p(&d.join("b.jsonl.gz")), p(&d.join("c.jsonl.zst")),
+        p(&d.join("d.txt")), p(&d.join("e.txt.gz")), p(&d.join("f.md.zst")), "-o", p(&out), "-q"]));
     assert_eq!(report["documents"], 9);
     assert_eq!(report["skipped"]["empty"], 0);
     let docs = documents(&out);
@@ -122,19 +92,9 @@ fn every_format_and_compression_reads_the_same_documents() {
     assert_eq!(docs[0..2], jsonl_docs);
     assert_eq!(docs[2..4], jsonl_docs);
     assert_eq!(docs[4..6], jsonl_docs);
-    assert_eq!(
-        docs[6..],
-        [
-            "plain text file\nwith two lines",
-            "gzipped text",
-            "zstd text"
-        ]
-    );
+    assert_eq!(docs[6..], ["plain text file\nwith two lines", "gzipped text", "zstd text"]);
     let meta = metadata(&out);
-    assert_eq!(
-        meta[0],
-        serde_json::json!({"path": p(&d.join("a.jsonl")), "linenum": 0, "metadata": {"id": 1}})
-    );
+    assert_eq!(meta[0], serde_json::json!({"path": p(&d.join("a.jsonl")), "linenum": 0, "metadata": {"id": 1}}));
     assert_eq!(meta[1]["linenum"], 2, "blank lines keep line numbers");
     assert_eq!(meta[6]["metadata"], serde_json::json!({}));
     let verified = ok(ibid(&["verify", p(&out), "--deep"]));
@@ -157,16 +117,10 @@ fn folders_are_walked_in_name_order_and_stdin_reads() {
     assert_eq!(metadata(&out)[2]["path"], "sub/c.jsonl");
 
     let out2 = dir.path().join("stdin-idx");
-    ok(ibid_stdin(
-        &["build", "-", "--format", "jsonl", "-o", p(&out2), "-q"],
-        JSONL.as_bytes(),
-    ));
+    ok(ibid_stdin(&["build", "-", "--format", "jsonl", "-o", p(&out2), "-q"], JSONL.as_bytes()));
     assert_eq!(documents(&out2), ["first doc", "second"]);
     let out3 = dir.path().join("stdin-text");
-    ok(ibid_stdin(
-        &["build", "-", "-o", p(&out3), "-q"],
-        b"one document from stdin",
-    ));
+    ok(ibid_stdin(&["build", "-", "-o", p(&out3), "-q"], b"one document from stdin"));
     assert_eq!(documents(&out3), ["one document from stdin"]);
 }
 
@@ -176,20 +130,9 @@ fn text_field_option_and_metadata() {
     let f = dir.path().join("x.jsonl");
     std::fs::write(&f, "{\"body\":\"hello\",\"url\":\"u\"}\n").unwrap();
     let out = dir.path().join("idx");
-    ok(ibid(&[
-        "build",
-        p(&f),
-        "--text-field",
-        "body",
-        "-o",
-        p(&out),
-        "-q",
-    ]));
+    ok(ibid(&["build", p(&f), "--text-field", "body", "-o", p(&out), "-q"]));
     assert_eq!(documents(&out), ["hello"]);
-    assert_eq!(
-        metadata(&out)[0]["metadata"],
-        serde_json::json!({"url": "u"})
-    );
+    assert_eq!(metadata(&out)[0]["metadata"], serde_json::json!({"url": "u"}));
 }
 
 /// Each bad input: a clear error naming file and line, no index and no temporary folder left.
@@ -198,36 +141,12 @@ fn bad_input_is_refused_with_its_location() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "bad.jsonl",
-            b"{\"text\":\"ok\"}\n{not json\n".to_vec(),
-            "bad.jsonl:2: not valid JSON",
-        ),
-        (
-            "nofield.jsonl",
-            b"{\"text\":\"ok\"}\n{\"body\":\"x\"}\n".to_vec(),
-            "nofield.jsonl:2: no field \"text\"",
-        ),
-        (
-            "num.jsonl",
-            b"{\"text\":5}\n".to_vec(),
-            "num.jsonl:1: field \"text\" is not a string but a number",
-        ),
-        (
-            "latin1.txt",
-            b"caf\xe9".to_vec(),
-            "latin1.txt: invalid UTF-8 at byte 3",
-        ),
-        (
-            "badutf.jsonl",
-            b"{\"text\":\"caf\xe9\"}\n".to_vec(),
-            "badutf.jsonl:1: not valid JSON",
-        ),
-        (
-            "broken.gz",
-            b"\x1f\x8b\x08\x00garbage".to_vec(),
-            "broken.gz",
-        ),
+        ("bad.jsonl", b"{\"text\":\"ok\"}\n{not json\n".to_vec(), "bad.jsonl:2: not valid JSON"),
+        ("nofield.jsonl", b"{\"text\":\"ok\"}\n{\"body\":\"x\"}\n".to_vec(), "nofield.jsonl:2: no field \"text\""),
+        ("num.jsonl", b"{\"text\":5}\n".to_vec(), "num.jsonl:1: field \"text\" is not a string but a number"),
+        ("latin1.txt", b"caf\xe9".to_vec(), "latin1.txt: invalid UTF-8 at byte 3"),
+        ("badutf.jsonl", b"{\"text\":\"caf\xe9\"}\n".to_vec(), "badutf.jsonl:1: not valid JSON"),
+        ("broken.gz", b"\x1f\x8b\x08\x00garbage".to_vec(), "broken.gz"),
         ("empty.txt", b"".to_vec(), "the corpus has no documents"),
     ];
     for (name, content, expected) in cases {
@@ -239,50 +158,27 @@ fn bad_input_is_refused_with_its_location() {
         let err = stderr(&o);
         assert!(err.contains(expected), "{name}: {err}");
         assert!(!err.contains("panicked"), "{name}: {err}");
-        assert!(
-            !out.exists(),
-            "{name}: an index was left at {}",
-            out.display()
-        );
+        assert!(!out.exists(), "{name}: an index was left at {}", out.display());
         no_leftovers(d);
     }
     let missing = ibid(&["build", p(&d.join("nope.txt")), "-o", p(&d.join("i")), "-q"]);
     assert!(stderr(&missing).contains("nope.txt") && !missing.status.success());
-    let not_model = ibid(&[
-        "build",
-        p(&d.join("bad.jsonl")),
-        "--tokenizer",
-        &format!("gguf:{}", p(&d.join("bad.jsonl"))),
-        "-o",
-        p(&d.join("i")),
-        "-q",
-    ]);
-    assert!(
-        stderr(&not_model).contains("not a usable GGUF model"),
-        "{}",
-        stderr(&not_model)
-    );
+    let not_model = ibid(&["build", p(&d.join("bad.jsonl")), "--tokenizer", &format!("gguf:{}", p(&d.join("bad.jsonl"))), "-o", p(&d.join("i")), "-q"]);
+    assert!(stderr(&not_model).contains("not a usable GGUF model"), "{}", stderr(&not_model));
 }
 
 #[test]
 fn skip_bad_counts_what_it_skips() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("mixed.jsonl");
-    std::fs::write(
-        &f,
-        b"{\"text\":\"good\"}\nnot json\n{\"text\":\"\"}\n{\"text\":\"also good\"}\n{\"x\":1}\n",
-    )
-    .unwrap();
+    std::fs::write(&f, b"{\"text\":\"good\"}\nnot json\n{\"text\":\"\"}\n{\"text\":\"also good\"}\n{\"x\":1}\n").unwrap();
     let out = dir.path().join("idx");
     let report = ok(ibid(&["build", p(&f), "--skip-bad", "-o", p(&out), "-q"]));
     assert_eq!(report["documents"], 2);
     assert_eq!(report["skipped"]["bad"], 2);
     assert_eq!(report["skipped"]["empty"], 1);
     let reasons = report["skipped"]["reasons"].to_string();
-    assert!(
-        reasons.contains("mixed.jsonl:2") && reasons.contains("mixed.jsonl:5"),
-        "{reasons}"
-    );
+    assert!(reasons.contains("mixed.jsonl:2") && reasons.contains("mixed.jsonl:5"), "{reasons}");
     assert_eq!(documents(&out), ["good", "also good"]);
 }
 
@@ -300,9 +196,7 @@ fn existing_index_is_kept_unless_forced() {
     // a failing forced build leaves the old index in place
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "nope").unwrap();
-    assert!(!ibid(&["build", p(&bad), "-o", p(&out), "--force", "-q"])
-        .status
-        .success());
+    assert!(!ibid(&["build", p(&bad), "-o", p(&out), "--force", "-q"]).status.success());
     assert_eq!(documents(&out), ["first"]);
     ok(ibid(&["build", p(&b), "-o", p(&out), "--force", "-q"]));
     assert_eq!(documents(&out), ["second"]);
@@ -318,20 +212,10 @@ fn existing_index_is_kept_unless_forced() {
 
 fn built(dir: &Path) -> PathBuf {
     let f = dir.join("c.jsonl");
-    let lines: String = (0..50)
-        .map(|i| format!("{{\"text\":\"document number {i} says hello\"}}\n"))
-        .collect();
+    let lines: String = (0..50).map(|i| format!("{{\"text\":\"document number {i} says hello\"}}\n")).collect();
     std::fs::write(&f, lines).unwrap();
     let out = dir.join("idx");
-    ok(ibid(&[
-        "build",
-        p(&f),
-        "-o",
-        p(&out),
-        "-q",
-        "--shard-tokens",
-        "700",
-    ]));
+    ok(ibid(&["build", p(&f), "-o", p(&out), "-q", "--shard-tokens", "700"]));
     out
 }
 
@@ -353,27 +237,17 @@ fn corrupt_or_truncated_indexes_are_refused() {
     let check_open_fails = |idx: &Path, expected: &str| {
         let o = ibid(&["count", p(idx), "hello"]);
         assert!(!o.status.success(), "{} opened", idx.display());
-        assert!(
-            stderr(&o).contains(expected),
-            "expected {expected:?} in {}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains(expected), "expected {expected:?} in {}", stderr(&o));
         assert!(!stderr(&o).contains("panicked"));
     };
 
     let t = copy("truncated-table");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(t.join("table.1"))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(t.join("table.1")).unwrap();
     f.set_len(f.metadata().unwrap().len() - 1).unwrap();
     check_open_fails(&t, "table.1");
 
     let t = copy("truncated-tokens");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(t.join("tokenized.0"))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(t.join("tokenized.0")).unwrap();
     f.set_len(10).unwrap();
     check_open_fails(&t, "tokenized.0");
 
@@ -397,11 +271,7 @@ fn corrupt_or_truncated_indexes_are_refused() {
     tok[5] ^= 0x20;
     std::fs::write(t.join("tokenized.0"), tok).unwrap();
     let o = ibid(&["verify", p(&t)]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("checksum mismatch"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(!o.status.success() && stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
 
     let t = copy("bad-pointer");
     let mut table = std::fs::read(t.join("table.0")).unwrap();
@@ -410,11 +280,7 @@ fn corrupt_or_truncated_indexes_are_refused() {
     std::fs::write(t.join("table.0"), &table).unwrap();
     std::fs::remove_file(t.join("ibid.json")).unwrap();
     let o = ibid(&["verify", p(&t), "--token-width", "1"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("table.0"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(!o.status.success() && stderr(&o).contains("table.0"), "{}", stderr(&o));
 
     let v = ok(ibid(&["verify", p(&good), "--deep"]));
     assert_eq!(v["report"]["checksums"], true);
@@ -431,10 +297,7 @@ fn manifest_round_trips() {
     assert_eq!(back, manifest);
     assert_eq!(manifest.documents, 50);
     assert_eq!(manifest.tokenizer.kind, "bytes");
-    assert_eq!(
-        manifest.shards.iter().map(|s| s.tokens).sum::<u64>(),
-        manifest.tokens
-    );
+    assert_eq!(manifest.shards.iter().map(|s| s.tokens).sum::<u64>(), manifest.tokens);
 }
 
 #[test]
@@ -442,25 +305,11 @@ fn a_reader_that_leaves_early_is_not_an_error() {
     // `ibid info … | head`: the pipe's reader is gone before ibid writes
     let dir = tempfile::tempdir().unwrap();
     let idx = built(dir.path());
-    for args in [
-        vec!["info", p(&idx)],
-        vec!["count", p(&idx), "hello", "--format", "table"],
-        vec!["count", p(&idx), "hello"],
-    ] {
+    for args in [vec!["info", p(&idx)], vec!["count", p(&idx), "hello", "--format", "table"], vec!["count", p(&idx), "hello"]] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let o = Command::new(ibid_bin())
-            .args(&args)
-            .stdout(writer)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {:?} {}",
-            o.status,
-            stderr(&o)
-        );
+        let o = Command::new(ibid_bin()).args(&args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {:?} {}", o.status, stderr(&o));
         assert!(stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
     }
     // other failures still are errors

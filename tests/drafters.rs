@@ -15,21 +15,12 @@ fn build(docs: &[Vec<u32>]) -> (tempfile::TempDir, Index) {
 fn build_sharded(docs: &[Vec<u32>], max_shard_tokens: Option<u64>) -> (tempfile::TempDir, Index) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.jsonl");
-    let lines: Vec<String> = docs
-        .iter()
-        .map(|d| serde_json::json!({"text": IdTokenizer::encode(d)}).to_string())
-        .collect();
+    let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({"text": IdTokenizer::encode(d)}).to_string()).collect();
     std::fs::write(&corpus, lines.join("\n")).unwrap();
     let out = dir.path().join("idx");
     let mut options = BuildOptions::new(&out);
     options.max_shard_tokens = max_shard_tokens;
-    index::build(
-        &[corpus],
-        &IdTokenizer::new(TokenWidth::U16),
-        &options,
-        &index::build::Quiet,
-    )
-    .unwrap();
+    index::build(&[corpus], &IdTokenizer::new(TokenWidth::U16), &options, &index::build::Quiet).unwrap();
     let index = Index::open(&out).unwrap();
     (dir, index)
 }
@@ -37,46 +28,29 @@ fn build_sharded(docs: &[Vec<u32>], max_shard_tokens: Option<u64>) -> (tempfile:
 #[test]
 fn index_drafter_proposes_what_follows_the_longest_matching_suffix() {
     // "5 6 7" is followed by "8 9" twice and by "1" once; "3 5 6 7" never occurs
-    let docs = vec![
-        vec![1, 5, 6, 7, 8, 9, 2],
-        vec![4, 5, 6, 7, 8, 9],
-        vec![5, 6, 7, 1],
-    ];
+    let docs = vec![vec![1, 5, 6, 7, 8, 9, 2], vec![4, 5, 6, 7, 8, 9], vec![5, 6, 7, 1]];
     let (_d, index) = build(&docs);
     let mut drafter = IndexDrafter::new(&index);
     let c = drafter.propose(&[3, 5, 6, 7], 2);
     assert_eq!(c[0].tokens, vec![8, 9]);
-    assert_eq!(
-        c[1].tokens,
-        vec![1],
-        "a document end stops the continuation"
-    );
+    assert_eq!(c[1].tokens, vec![1], "a document end stops the continuation");
     assert!(c[0].path_score() > c[1].path_score());
     let total: f64 = c.iter().map(|x| x.path_score()).sum();
     assert!(total <= 1.0 + 1e-9);
     assert!(c.iter().all(|x| x.scores.len() == x.tokens.len()));
-    assert!(
-        drafter.propose(&[60_000], 4).is_empty(),
-        "no suffix occurs: nothing to propose"
-    );
+    assert!(drafter.propose(&[60_000], 4).is_empty(), "no suffix occurs: nothing to propose");
 }
 
 #[test]
 fn combined_tree_holds_both_sources_within_budget() {
     let docs = vec![vec![10, 11, 12, 13, 14], vec![10, 11, 12, 20, 21]];
     let (_d, index) = build(&docs);
-    let mut c = Combined::new(vec![
-        Box::new(ContextDrafter::default()),
-        Box::new(IndexDrafter::new(&index)),
-    ]);
+    let mut c = Combined::new(vec![Box::new(ContextDrafter::default()), Box::new(IndexDrafter::new(&index))]);
     // the context repeats "10 11 12", followed by 30 earlier; the corpus continues it with 13 or 20
     let context = [10, 11, 12, 30, 31, 10, 11, 12];
     let tree = c.draft(&context, 6);
     assert!(tree.len() <= 6 && !tree.is_empty());
-    let firsts: Vec<u32> = (0..tree.len())
-        .filter(|&n| tree.parent(n).is_none())
-        .map(|n| tree.token(n))
-        .collect();
+    let firsts: Vec<u32> = (0..tree.len()).filter(|&n| tree.parent(n).is_none()).map(|n| tree.token(n)).collect();
     assert!(firsts.contains(&30), "{firsts:?}");
     assert!(firsts.contains(&13) || firsts.contains(&20), "{firsts:?}");
     assert_eq!(c.draft(&context, 0).len(), 0);
@@ -134,8 +108,5 @@ fn recycling_drafts_follow_the_warm_rows() {
     let mut d = ibid::draft::RecycleDrafter::new(m);
     let c = d.propose(&[7, 1], 3);
     assert_eq!(c[0].tokens, vec![2], "the best node first");
-    assert!(
-        c.iter().any(|x| x.tokens == vec![2, 3, 1]),
-        "best-first expansion reaches depth 3"
-    );
+    assert!(c.iter().any(|x| x.tokens == vec![2, 3, 1]), "best-first expansion reaches depth 3");
 }

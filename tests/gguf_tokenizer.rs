@@ -11,10 +11,7 @@ use ibid::tokenize::{self, GgufTokenizer, TokenWidth, Tokenizer, TokenizerSpec};
 
 fn stdlib() -> PathBuf {
     let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
         .output()
         .unwrap();
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
@@ -29,10 +26,7 @@ fn gemma_tokenizer() {
     assert_eq!(id.kind, "gguf");
     assert_eq!(id.vocab_size, 262_144);
     assert_eq!(tok.width(), TokenWidth::U32);
-    assert_eq!(
-        id.model_file.as_deref(),
-        model.file_name().and_then(|f| f.to_str())
-    );
+    assert_eq!(id.model_file.as_deref(), model.file_name().and_then(|f| f.to_str()));
     assert_eq!(id.vocab_hash.len(), 16);
 
     // Known tokens: no BOS is added, and text round-trips.
@@ -43,29 +37,18 @@ fn gemma_tokenizer() {
     // Cutting long real text into pieces gives exactly the whole-text tokens.
     for file in ["argparse.py", "typing.py", "difflib.py"] {
         let text = std::fs::read_to_string(stdlib().join(file)).unwrap();
-        assert!(
-            text.len() > 4 * tokenize::PIECE_TARGET_BYTES,
-            "{file} is too short to be cut"
-        );
+        assert!(text.len() > 4 * tokenize::PIECE_TARGET_BYTES, "{file} is too short to be cut");
         let whole = tok.tokenize_piece(&text);
         let pieced = tokenize::tokenize(&tok, &text);
         assert_eq!(whole.len(), pieced.len(), "{file}");
-        assert!(
-            whole == pieced,
-            "{file}: piecewise tokens differ from whole-text tokens"
-        );
+        assert!(whole == pieced, "{file}: piecewise tokens differ from whole-text tokens");
     }
 
     // An index built with it counts like brute force over the same tokens.
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus");
     std::fs::create_dir(&corpus).unwrap();
-    let files = [
-        "json/decoder.py",
-        "json/encoder.py",
-        "json/scanner.py",
-        "textwrap.py",
-    ];
+    let files = ["json/decoder.py", "json/encoder.py", "json/scanner.py", "textwrap.py"];
     for f in files {
         std::fs::copy(stdlib().join(f), corpus.join(f.replace('/', "_"))).unwrap();
     }
@@ -76,30 +59,17 @@ fn gemma_tokenizer() {
     let index = Index::open(&out).unwrap();
     assert!(index.shards.len() >= 2);
     assert_eq!(index.manifest.as_ref().unwrap().tokenizer, *id);
-    let mut names: Vec<_> = std::fs::read_dir(&corpus)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(&corpus).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     let streams: Vec<Vec<u32>> = names
         .iter()
         .map(|p| {
             let mut s = vec![u32::MAX];
-            s.extend(tokenize::tokenize(
-                &tok,
-                &std::fs::read_to_string(p).unwrap(),
-            ));
+            s.extend(tokenize::tokenize(&tok, &std::fs::read_to_string(p).unwrap()));
             s
         })
         .collect();
-    for query in [
-        "def ",
-        "return self",
-        "    def __init__(self",
-        "import re\n",
-        "JSONDecodeError",
-        "no such text anywhere",
-    ] {
+    for query in ["def ", "return self", "    def __init__(self", "import re\n", "JSONDecodeError", "no such text anywhere"] {
         let ids = tokenize::tokenize(&tok, query);
         let expected: u64 = streams.iter().map(|s| brute_count(s, &ids)).sum();
         assert_eq!(index.count(&ids).unwrap(), expected, "{query:?}");
@@ -108,29 +78,13 @@ fn gemma_tokenizer() {
 
     // The index loads its own tokenizer back from the manifest for text queries.
     let again = index.tokenizer(None).unwrap();
-    assert_eq!(
-        again.tokenize_piece("def f():"),
-        tok.tokenize_piece("def f():")
-    );
+    assert_eq!(again.tokenize_piece("def f():"), tok.tokenize_piece("def f():"));
 
     // A bytes index refuses the Gemma vocabulary, naming both.
     let bytes_out = dir.path().join("bytes-idx");
-    index::build(
-        &[corpus],
-        &ibid::tokenize::ByteTokenizer::new(),
-        &BuildOptions::new(&bytes_out),
-        &index::build::Quiet,
-    )
-    .unwrap();
+    index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &BuildOptions::new(&bytes_out), &index::build::Quiet).unwrap();
     let bytes_index = Index::open(&bytes_out).unwrap();
     let spec = TokenizerSpec::Gguf(model.to_path_buf());
-    let err = bytes_index
-        .tokenizer(Some(&spec))
-        .err()
-        .expect("a mismatch is refused")
-        .to_string();
-    assert!(
-        err.contains("mismatch") && err.contains("bytes") && err.contains("gguf"),
-        "{err}"
-    );
+    let err = bytes_index.tokenizer(Some(&spec)).err().expect("a mismatch is refused").to_string();
+    assert!(err.contains("mismatch") && err.contains("bytes") && err.contains("gguf"), "{err}");
 }

@@ -9,11 +9,7 @@ use ibid::tokenize::TokenWidth;
 use proptest::prelude::*;
 
 fn width_strategy() -> impl Strategy<Value = TokenWidth> {
-    prop_oneof![
-        Just(TokenWidth::U8),
-        Just(TokenWidth::U16),
-        Just(TokenWidth::U32)
-    ]
+    prop_oneof![Just(TokenWidth::U8), Just(TokenWidth::U16), Just(TokenWidth::U32)]
 }
 
 /// Small alphabets make repeats (and long common prefixes) likely; ids near the width's top and
@@ -42,30 +38,15 @@ fn write_corpus(dir: &std::path::Path, docs: &[Vec<u32>]) -> std::path::PathBuf 
     corpus
 }
 
-fn build_at(
-    width: TokenWidth,
-    corpus: &std::path::Path,
-    out: std::path::PathBuf,
-    shard_tokens: u64,
-) -> Index {
+fn build_at(width: TokenWidth, corpus: &std::path::Path, out: std::path::PathBuf, shard_tokens: u64) -> Index {
     let mut options = BuildOptions::new(&out);
     options.max_shard_tokens = Some(shard_tokens);
     options.threads = 1;
-    index::build(
-        &[corpus.to_path_buf()],
-        &IdTokenizer::new(width),
-        &options,
-        &index::build::Quiet,
-    )
-    .unwrap();
+    index::build(&[corpus.to_path_buf()], &IdTokenizer::new(width), &options, &index::build::Quiet).unwrap();
     Index::open(out).unwrap()
 }
 
-fn build_docs(
-    width: TokenWidth,
-    docs: &[Vec<u32>],
-    shard_tokens: u64,
-) -> (tempfile::TempDir, Index) {
+fn build_docs(width: TokenWidth, docs: &[Vec<u32>], shard_tokens: u64) -> (tempfile::TempDir, Index) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_corpus(dir.path(), docs);
     let index = build_at(width, &corpus, dir.path().join("idx"), shard_tokens);
@@ -155,10 +136,7 @@ fn same_input_gives_identical_files() {
         assert_eq!(x.tokenized.bytes(), y.tokenized.bytes());
         assert_eq!(x.table.bytes(), y.table.bytes());
         assert_eq!(x.offsets.bytes(), y.offsets.bytes());
-        assert_eq!(
-            x.metadata.as_ref().unwrap().bytes(),
-            y.metadata.as_ref().unwrap().bytes()
-        );
+        assert_eq!(x.metadata.as_ref().unwrap().bytes(), y.metadata.as_ref().unwrap().bytes());
     }
     assert_eq!(first.manifest, second.manifest);
 }

@@ -16,12 +16,7 @@ use ibid::tokenize::TokenWidth;
 use serde_json::{json, Value};
 
 fn jsonl(cmd: &mut Command, requests: &[Value]) -> Vec<Value> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
     if let Some(dump) = std::env::var_os("IBID_TEST_DUMP") {
         std::fs::write(dump, &input).unwrap();
@@ -32,16 +27,8 @@ fn jsonl(cmd: &mut Command, requests: &[Value]) -> Vec<Value> {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(answers.len(), requests.len());
     answers
 }
@@ -54,10 +41,7 @@ struct Sampler {
 
 impl Sampler {
     fn next(&mut self) -> u64 {
-        self.state = self
-            .state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.state >> 33
     }
     /// An n-gram from the corpus, sometimes with its first token replaced so it may not occur.
@@ -81,27 +65,14 @@ fn cases(sampler: &mut Sampler, vocab: u32, with_cnf: bool) -> Vec<Case> {
     let mut out = Vec::new();
     for i in 0..1000 {
         let ctx = sampler.context(10, vocab);
-        out.push(Case {
-            ours: json!({"query_type": "count", "query_ids": ctx}),
-            theirs: json!({"op": "count", "ids": ctx}),
-        });
-        out.push(Case {
-            ours: json!({"query_type": "find", "query_ids": ctx}),
-            theirs: json!({"op": "find", "ids": ctx}),
-        });
+        out.push(Case { ours: json!({"query_type": "count", "query_ids": ctx}), theirs: json!({"op": "count", "ids": ctx}) });
+        out.push(Case { ours: json!({"query_type": "find", "query_ids": ctx}), theirs: json!({"op": "find", "ids": ctx}) });
         let (head, next) = (ctx[..ctx.len() - 1].to_vec(), ctx[ctx.len() - 1]);
         if !head.is_empty() {
-            out.push(Case {
-                ours: json!({"query_type": "prob", "query_ids": ctx}),
-                theirs: json!({"op": "prob", "ids": head, "next": next}),
-            });
+            out.push(Case { ours: json!({"query_type": "prob", "query_ids": ctx}), theirs: json!({"op": "prob", "ids": head, "next": next}) });
         }
         // max_support small now and then, to compare the sampled (approx) answers too
-        let ms = if i % 5 == 0 {
-            1 + sampler.next() % 8
-        } else {
-            1000
-        };
+        let ms = if i % 5 == 0 { 1 + sampler.next() % 8 } else { 1000 };
         out.push(Case {
             ours: json!({"query_type": "ntd", "query_ids": ctx, "max_support": ms}),
             theirs: json!({"op": "ntd", "ids": ctx, "max_support": ms}),
@@ -138,33 +109,17 @@ fn cases(sampler: &mut Sampler, vocab: u32, with_cnf: bool) -> Vec<Case> {
 
 /// The fields both answers share must be equal.
 fn compare(case: &Case, ours: &Value, theirs: &Value) {
-    assert!(
-        ours.get("error").is_none() && theirs.get("error").is_none(),
-        "{}: {ours} / {theirs}",
-        case.ours
-    );
+    assert!(ours.get("error").is_none() && theirs.get("error").is_none(), "{}: {ours} / {theirs}", case.ours);
     for (key, want) in theirs.as_object().unwrap() {
         if key == "us" || key == "id" {
             continue;
         }
         let got = &ours[key.as_str()];
-        assert_eq!(
-            got, want,
-            "{key} differs for {} (ibid: {ours}, infini-gram: {theirs})",
-            case.ours
-        );
+        assert_eq!(got, want, "{key} differs for {} (ibid: {ours}, infini-gram: {theirs})", case.ours);
     }
 }
 
-fn agree(
-    dir: &Path,
-    width: TokenWidth,
-    eos: u32,
-    vocab: u32,
-    all: Vec<u32>,
-    with_cnf: bool,
-    docs: u64,
-) {
+fn agree(dir: &Path, width: TokenWidth, eos: u32, vocab: u32, all: Vec<u32>, with_cnf: bool, docs: u64) {
     let mut sampler = Sampler { all, state: 42 };
     let mut cases = cases(&mut sampler, vocab, with_cnf);
     for s in 0..2usize {
@@ -196,37 +151,15 @@ fn agree(
     let mut by_type = std::collections::BTreeMap::<String, usize>::new();
     for ((case, o), t) in cases.iter().zip(&ours).zip(&theirs) {
         compare(case, o, t);
-        *by_type
-            .entry(case.ours["query_type"].as_str().unwrap().to_string())
-            .or_default() += 1;
+        *by_type.entry(case.ours["query_type"].as_str().unwrap().to_string()).or_default() += 1;
     }
     // the sample really covers each type, with answers of every kind
-    for t in [
-        "count",
-        "find",
-        "prob",
-        "ntd",
-        "infgram_prob",
-        "infgram_ntd",
-        "get_doc_by_rank",
-        "get_doc_by_ix",
-    ] {
-        assert!(
-            by_type.get(t).copied().unwrap_or(0) >= 100,
-            "{t}: {by_type:?}"
-        );
+    for t in ["count", "find", "prob", "ntd", "infgram_prob", "infgram_ntd", "get_doc_by_rank", "get_doc_by_ix"] {
+        assert!(by_type.get(t).copied().unwrap_or(0) >= 100, "{t}: {by_type:?}");
     }
     let counts: Vec<u64> = ours.iter().filter_map(|a| a["count"].as_u64()).collect();
-    assert!(
-        counts.iter().any(|&c| c == 0)
-            && counts.iter().any(|&c| c == 1)
-            && counts.iter().any(|&c| c > 50),
-        "{counts:?}"
-    );
-    assert!(
-        ours.iter().any(|a| a["approx"] == true),
-        "no approximate ntd in the sample"
-    );
+    assert!(counts.iter().any(|&c| c == 0) && counts.iter().any(|&c| c == 1) && counts.iter().any(|&c| c > 50), "{counts:?}");
+    assert!(ours.iter().any(|a| a["approx"] == true), "no approximate ntd in the sample");
 }
 
 #[test]
@@ -239,17 +172,8 @@ fn u16_tokens_two_shards() {
         docs.last_mut().unwrap().push(65_533 - shard as u32); // unique end of shard
         streams.push(write_shard(dir.path(), shard, width, &docs));
     }
-    run(&mut infinigram(&[
-        "index",
-        dir.path().to_str().unwrap(),
-        "--token-width",
-        "2",
-    ]));
-    let all: Vec<u32> = streams
-        .concat()
-        .into_iter()
-        .filter(|&t| t != 0xFFFF)
-        .collect();
+    run(&mut infinigram(&["index", dir.path().to_str().unwrap(), "--token-width", "2"]));
+    let all: Vec<u32> = streams.concat().into_iter().filter(|&t| t != 0xFFFF).collect();
     agree(dir.path(), width, 65_000, 60_000, all, false, 80);
 }
 
@@ -257,47 +181,22 @@ fn u16_tokens_two_shards() {
 fn u8_text_two_shards() {
     let dir = tempfile::tempdir().unwrap();
     let stdlib = String::from_utf8(
-        Command::new("python3")
-            .args([
-                "-c",
-                "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-            ])
-            .output()
-            .unwrap()
-            .stdout,
+        Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"]).output().unwrap().stdout,
     )
     .unwrap();
-    let files = [
-        ["argparse.py", "shlex.py", "glob.py"],
-        ["textwrap.py", "fnmatch.py", "string.py"],
-    ];
+    let files = [["argparse.py", "shlex.py", "glob.py"], ["textwrap.py", "fnmatch.py", "string.py"]];
     let mut streams = Vec::new();
     for (shard, names) in files.iter().enumerate() {
         let mut docs: Vec<Vec<u32>> = names
             .iter()
-            .map(|f| {
-                std::fs::read(Path::new(stdlib.trim()).join(f))
-                    .unwrap()
-                    .into_iter()
-                    .map(u32::from)
-                    .collect()
-            })
+            .map(|f| std::fs::read(Path::new(stdlib.trim()).join(f)).unwrap().into_iter().map(u32::from).collect())
             .collect();
         // 0xFD and 0xFC occur in no UTF-8 text. (Not a low byte: the engine's ntd reads before the
         // start of the suffix array when a context's range begins at rank 0, and crashes.)
         docs.last_mut().unwrap().push(0xFD - shard as u32);
         streams.push(write_shard(dir.path(), shard, TokenWidth::U8, &docs));
     }
-    run(&mut infinigram(&[
-        "index",
-        dir.path().to_str().unwrap(),
-        "--token-width",
-        "1",
-    ]));
-    let all: Vec<u32> = streams
-        .concat()
-        .into_iter()
-        .filter(|&t| t != 0xFF)
-        .collect();
+    run(&mut infinigram(&["index", dir.path().to_str().unwrap(), "--token-width", "1"]));
+    let all: Vec<u32> = streams.concat().into_iter().filter(|&t| t != 0xFF).collect();
     agree(dir.path(), TokenWidth::U8, 254, 128, all, true, 6);
 }

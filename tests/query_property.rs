@@ -21,21 +21,12 @@ struct Corpus {
 fn build(width: TokenWidth, docs: Vec<Vec<u32>>, shard_tokens: u64) -> Corpus {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.jsonl");
-    let lines: Vec<String> = docs
-        .iter()
-        .map(|d| serde_json::json!({"text": IdTokenizer::encode(d), "n": d.len()}).to_string())
-        .collect();
+    let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({"text": IdTokenizer::encode(d), "n": d.len()}).to_string()).collect();
     std::fs::write(&corpus, lines.join("\n")).unwrap();
     let mut options = BuildOptions::new(dir.path().join("idx"));
     options.max_shard_tokens = Some(shard_tokens);
     options.threads = 1;
-    index::build(
-        &[corpus],
-        &IdTokenizer::new(width),
-        &options,
-        &index::build::Quiet,
-    )
-    .unwrap();
+    index::build(&[corpus], &IdTokenizer::new(width), &options, &index::build::Quiet).unwrap();
     let index = Index::open(dir.path().join("idx")).unwrap();
     // shard boundaries as the builder made them
     let mut streams = Vec::new();
@@ -46,12 +37,7 @@ fn build(width: TokenWidth, docs: Vec<Vec<u32>>, shard_tokens: u64) -> Corpus {
         d += n;
     }
     assert_eq!(d, docs.len());
-    Corpus {
-        _dir: dir,
-        index,
-        streams,
-        docs,
-    }
+    Corpus { _dir: dir, index, streams, docs }
 }
 
 /// Start positions of `ctx`; the empty context starts at every token (as `count([])` counts).
@@ -62,20 +48,14 @@ fn occurrences(stream: &[u32], ctx: &[u32]) -> Vec<usize> {
     if ctx.len() > stream.len() {
         return vec![];
     }
-    (0..=stream.len() - ctx.len())
-        .filter(|&i| stream[i..i + ctx.len()] == *ctx)
-        .collect()
+    (0..=stream.len() - ctx.len()).filter(|&i| stream[i..i + ctx.len()] == *ctx).collect()
 }
 
 fn brute_ntd(c: &Corpus, ctx: &[u32], eos: u32, sep: u32) -> BTreeMap<u32, u64> {
     let mut out = BTreeMap::new();
     for s in &c.streams {
         for i in occurrences(s, ctx) {
-            let next = s
-                .get(i + ctx.len())
-                .copied()
-                .filter(|&t| t != sep)
-                .unwrap_or(eos);
+            let next = s.get(i + ctx.len()).copied().filter(|&t| t != sep).unwrap_or(eos);
             *out.entry(next).or_default() += 1;
         }
     }
@@ -87,29 +67,18 @@ fn brute_count(c: &Corpus, ctx: &[u32]) -> u64 {
 }
 
 fn brute_longest_suffix(c: &Corpus, ctx: &[u32]) -> usize {
-    (0..=ctx.len())
-        .rev()
-        .find(|&l| brute_count(c, &ctx[ctx.len() - l..]) > 0)
-        .unwrap()
+    (0..=ctx.len()).rev().find(|&l| brute_count(c, &ctx[ctx.len() - l..]) > 0).unwrap()
 }
 
 fn width_strategy() -> impl Strategy<Value = TokenWidth> {
-    prop_oneof![
-        Just(TokenWidth::U8),
-        Just(TokenWidth::U16),
-        Just(TokenWidth::U32)
-    ]
+    prop_oneof![Just(TokenWidth::U8), Just(TokenWidth::U16), Just(TokenWidth::U32)]
 }
 
 fn corpus_strategy() -> impl Strategy<Value = (TokenWidth, Vec<Vec<u32>>, u64)> {
     width_strategy().prop_flat_map(|w| {
         let top = w.separator() - 1;
         let token = prop_oneof![6 => 0u32..5, 1 => Just(top), 1 => 0u32..=top];
-        (
-            Just(w),
-            prop::collection::vec(prop::collection::vec(token, 1..60), 1..10),
-            prop_oneof![Just(100_000u64), 10u64..120],
-        )
+        (Just(w), prop::collection::vec(prop::collection::vec(token, 1..60), 1..10), prop_oneof![Just(100_000u64), 10u64..120])
     })
 }
 
@@ -272,32 +241,14 @@ fn cnf_and_finds_nearby_pairs_in_one_document() {
         vec![2, 7],
     ];
     let c = build(TokenWidth::U16, docs, 100_000);
-    let opts = CnfOptions {
-        max_clause_freq: 50_000,
-        max_diff_tokens: 10,
-    };
-    let got = c
-        .index
-        .count_cnf(&[vec![vec![1]], vec![vec![2]]], &opts)
-        .unwrap();
+    let opts = CnfOptions { max_clause_freq: 50_000, max_diff_tokens: 10 };
+    let got = c.index.count_cnf(&[vec![vec![1]], vec![vec![2]]], &opts).unwrap();
     assert_eq!(got.count, 1);
     // infini-gram's semantics: a match spans the nearest occurrences on both sides that are within
     // reach; doc1's span reaches back to doc0's `2`, crosses a boundary and is dropped.
-    let wide = CnfOptions {
-        max_clause_freq: 50_000,
-        max_diff_tokens: 400,
-    };
-    assert_eq!(
-        c.index
-            .count_cnf(&[vec![vec![1]], vec![vec![2]]], &wide)
-            .unwrap()
-            .count,
-        1
-    );
-    let docs = c
-        .index
-        .search_docs_cnf(&[vec![vec![1]], vec![vec![2]]], 3, 20, &opts, Some(1))
-        .unwrap();
+    let wide = CnfOptions { max_clause_freq: 50_000, max_diff_tokens: 400 };
+    assert_eq!(c.index.count_cnf(&[vec![vec![1]], vec![vec![2]]], &wide).unwrap().count, 1);
+    let docs = c.index.search_docs_cnf(&[vec![vec![1]], vec![vec![2]]], 3, 20, &opts, Some(1)).unwrap();
     assert!(docs.documents.iter().all(|d| d.doc_ix == 0));
 }
 
@@ -314,16 +265,10 @@ fn bad_queries_are_errors_not_panics() {
     assert!(i.search_docs(&[1], 0, 10, None).is_err());
     assert!(i.count_cnf(&[], &CnfOptions::default()).is_err());
     assert!(i.count_cnf(&[vec![]], &CnfOptions::default()).is_err());
-    assert!(i
-        .count_cnf(&[vec![vec![]]], &CnfOptions::default())
-        .is_err());
+    assert!(i.count_cnf(&[vec![vec![]]], &CnfOptions::default()).is_err());
     // a query longer than any document (and than the corpus) simply does not occur
     let long: Vec<u32> = (0..100).map(|i| i % 5 + 1).collect();
     assert_eq!(i.count(&long).unwrap(), 0);
-    assert_eq!(
-        i.infgram_prob(&long, 1).unwrap().suffix_len,
-        2,
-        "[4, 5] ends the query and doc 1"
-    );
+    assert_eq!(i.infgram_prob(&long, 1).unwrap().suffix_len, 2, "[4, 5] ends the query and doc 1");
     assert_eq!(i.prob(&long, 1).unwrap().prob, -1.0);
 }

@@ -23,30 +23,19 @@ impl Drop for Server {
 
 fn start(index: &std::path::Path) -> Server {
     let mut child = Command::new(ibid_bin())
-        .args([
-            "serve-index",
-            index.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--max-body",
-            "2K",
-        ])
+        .args(["serve-index", index.to_str().unwrap(), "--addr", "127.0.0.1:0", "--max-body", "2K"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
     Server { child, url }
 }
 
 fn post(server: &Server, body: &str) -> (u16, Value) {
-    let resp = ureq::post(&format!("{}/", server.url))
-        .set("Content-Type", "application/json")
-        .send_string(body);
+    let resp = ureq::post(&format!("{}/", server.url)).set("Content-Type", "application/json").send_string(body);
     match resp {
         Ok(r) => (r.status(), r.into_json().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().expect("error bodies are JSON")),
@@ -66,13 +55,7 @@ fn build_index(dir: &std::path::Path) -> std::path::PathBuf {
     .collect();
     std::fs::write(&f, lines).unwrap();
     let out = dir.join("idx");
-    run(Command::new(ibid_bin()).args([
-        "build",
-        f.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-q",
-    ]));
+    run(Command::new(ibid_bin()).args(["build", f.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"]));
     out
 }
 
@@ -82,110 +65,44 @@ fn serves_queries_and_survives_bad_requests() {
     let index = build_index(dir.path());
     let server = start(&index);
 
-    let health: Value = ureq::get(&format!("{}/health", server.url))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let health: Value = ureq::get(&format!("{}/health", server.url)).call().unwrap().into_json().unwrap();
     assert_eq!(health["status"], "ok");
 
-    let (code, v) = post(
-        &server,
-        r#"{"index": "mine", "query_type": "count", "query": "the cat"}"#,
-    );
+    let (code, v) = post(&server, r#"{"index": "mine", "query_type": "count", "query": "the cat"}"#);
     assert_eq!((code, v["count"].clone()), (200, json!(2)));
-    assert_eq!(
-        v["tokens"].as_array().unwrap().len(),
-        7,
-        "bytes: one token per byte"
-    );
-    let (_, v) = post(
-        &server,
-        r#"{"query_type": "count", "query": "sat on AND the", "max_diff_tokens": 7}"#,
-    );
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 7, "bytes: one token per byte");
+    let (_, v) = post(&server, r#"{"query_type": "count", "query": "sat on AND the", "max_diff_tokens": 7}"#);
     assert_eq!(v["count"], json!(2), "CNF by text: {v}");
     let (_, v) = post(&server, r#"{"query_type": "prob", "query": "the cat "}"#);
-    assert_eq!(
-        (v["prompt_cnt"].clone(), v["cont_cnt"].clone()),
-        (json!(2), json!(2))
-    );
+    assert_eq!((v["prompt_cnt"].clone(), v["cont_cnt"].clone()), (json!(2), json!(2)));
     let (_, v) = post(&server, r#"{"query_type": "ntd", "query": "the cat "}"#);
     assert_eq!(v["result_by_token_id"]["115"]["cont_cnt"], json!(1), "{v}"); // "s"
     assert_eq!(v["result_by_token_id"]["97"]["token"], json!("a"));
-    let (_, v) = post(
-        &server,
-        r#"{"query_type": "infgram_prob", "query": "xyz the dog"}"#,
-    );
-    assert_eq!(
-        v["suffix_len"],
-        json!(3),
-        "' do' is the longest suffix before 'g': {v}"
-    );
-    let (_, v) = post(
-        &server,
-        r#"{"query_type": "search_docs", "query": "dog", "maxnum": 2, "max_disp_len": 50, "seed": 1}"#,
-    );
+    let (_, v) = post(&server, r#"{"query_type": "infgram_prob", "query": "xyz the dog"}"#);
+    assert_eq!(v["suffix_len"], json!(3), "' do' is the longest suffix before 'g': {v}");
+    let (_, v) = post(&server, r#"{"query_type": "search_docs", "query": "dog", "maxnum": 2, "max_disp_len": 50, "seed": 1}"#);
     assert_eq!(v["documents"][0]["text"], json!("a dog sat on the log"));
-    assert!(v["documents"][0]["metadata"]
-        .as_str()
-        .unwrap()
-        .contains("\"src\":\"test\""));
+    assert!(v["documents"][0]["metadata"].as_str().unwrap().contains("\"src\":\"test\""));
     let (_, v) = post(&server, r#"{"query_type": "get_doc_by_ix", "doc_ix": 1}"#);
     assert_eq!(v["text"], json!("the cat ate the fish"));
-    let (_, v) = post(
-        &server,
-        r#"{"query_type": "find", "query_ids": [116, 104, 101]}"#,
-    );
+    let (_, v) = post(&server, r#"{"query_type": "find", "query_ids": [116, 104, 101]}"#);
     assert_eq!(v["cnt"], json!(5));
 
     let bad = [
         ("{not json", "malformed request"),
         (r#"{"query_type": "count"}"#, "neither query nor query_ids"),
         (r#"{"query_type": "count", "query": ""}"#, "empty"),
-        (
-            r#"{"query_type": "count", "query": "x", "query_ids": [1]}"#,
-            "not both",
-        ),
-        (
-            r#"{"query_type": "count", "query": "x", "colour": 1}"#,
-            "unknown field",
-        ),
-        (
-            r#"{"query_type": "teleport", "query": "x"}"#,
-            "unknown variant",
-        ),
-        (
-            r#"{"query_type": "ntd", "query": "x", "max_support": -5}"#,
-            "invalid value",
-        ),
-        (
-            r#"{"query_type": "ntd", "query": "x", "max_support": "lots"}"#,
-            "invalid type",
-        ),
-        (
-            r#"{"query_type": "count", "query_ids": [300]}"#,
-            "out of range",
-        ),
-        (
-            r#"{"query_type": "search_docs", "query": "the", "maxnum": 100000}"#,
-            "maxnum",
-        ),
-        (
-            r#"{"query_type": "get_doc_by_ix", "doc_ix": 99}"#,
-            "does not exist",
-        ),
-        (
-            r#"{"query_type": "get_doc_by_rank", "s": 3, "rank": 0}"#,
-            "shard 3",
-        ),
-        (
-            r#"{"query_type": "prob", "query_ids": []}"#,
-            "at least one token",
-        ),
-        (
-            r#"{"query_type": "ntd", "query_ids": [[[1]]]}"#,
-            "not AND/OR",
-        ),
+        (r#"{"query_type": "count", "query": "x", "query_ids": [1]}"#, "not both"),
+        (r#"{"query_type": "count", "query": "x", "colour": 1}"#, "unknown field"),
+        (r#"{"query_type": "teleport", "query": "x"}"#, "unknown variant"),
+        (r#"{"query_type": "ntd", "query": "x", "max_support": -5}"#, "invalid value"),
+        (r#"{"query_type": "ntd", "query": "x", "max_support": "lots"}"#, "invalid type"),
+        (r#"{"query_type": "count", "query_ids": [300]}"#, "out of range"),
+        (r#"{"query_type": "search_docs", "query": "the", "maxnum": 100000}"#, "maxnum"),
+        (r#"{"query_type": "get_doc_by_ix", "doc_ix": 99}"#, "does not exist"),
+        (r#"{"query_type": "get_doc_by_rank", "s": 3, "rank": 0}"#, "shard 3"),
+        (r#"{"query_type": "prob", "query_ids": []}"#, "at least one token"),
+        (r#"{"query_type": "ntd", "query_ids": [[[1]]]}"#, "not AND/OR"),
     ];
     for (body, expected) in bad {
         let (code, v) = post(&server, body);
@@ -193,10 +110,7 @@ fn serves_queries_and_survives_bad_requests() {
         let msg = v["error"].as_str().unwrap();
         assert!(msg.contains(expected), "{body}: {msg}");
     }
-    let huge = format!(
-        r#"{{"query_type": "count", "query": "{}"}}"#,
-        "a".repeat(5000)
-    );
+    let huge = format!(r#"{{"query_type": "count", "query": "{}"}}"#, "a".repeat(5000));
     let (code, v) = post(&server, &huge);
     assert_eq!(code, 413, "{v}");
     assert!(v["error"].is_string());
@@ -228,15 +142,7 @@ fn refuses_a_corrupt_index_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let index = build_index(dir.path());
     std::fs::write(index.join("table.0"), b"short").unwrap();
-    let out = Command::new(ibid_bin())
-        .args([
-            "serve-index",
-            index.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = Command::new(ibid_bin()).args(["serve-index", index.to_str().unwrap(), "--addr", "127.0.0.1:0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt index"));
 }

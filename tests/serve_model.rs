@@ -30,17 +30,7 @@ impl Drop for Server {
 
 fn start(extra: &[&str], cache: &Path) -> Server {
     let mut child = Command::new(ibid_bin())
-        .args([
-            "--threads",
-            "1",
-            "serve",
-            "--model",
-            model_path().to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--ctx",
-            "512",
-        ])
+        .args(["--threads", "1", "serve", "--model", model_path().to_str().unwrap(), "--addr", "127.0.0.1:0", "--ctx", "512"])
         .args(extra)
         .env("XDG_CACHE_HOME", cache)
         .env("IBID_LOG", "warn")
@@ -67,9 +57,7 @@ fn start(extra: &[&str], cache: &Path) -> Server {
 }
 
 fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
-    let resp = ureq::post(&format!("{}{path}", s.url))
-        .set("Content-Type", "application/json")
-        .send_string(body);
+    let resp = ureq::post(&format!("{}{path}", s.url)).set("Content-Type", "application/json").send_string(body);
     match resp {
         Ok(r) => (r.status(), r.into_json().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
@@ -78,55 +66,26 @@ fn post(s: &Server, path: &str, body: &str) -> (u16, Value) {
 }
 
 fn get_text(s: &Server, path: &str) -> String {
-    ureq::get(&format!("{}{path}", s.url))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap()
+    ureq::get(&format!("{}{path}", s.url)).call().unwrap().into_string().unwrap()
 }
 
 /// The `data:` payloads of a server-sent-event stream, read to the end.
 fn stream(s: &Server, path: &str, body: &Value) -> Vec<String> {
-    let resp = ureq::post(&format!("{}{path}", s.url))
-        .send_json(body.clone())
-        .unwrap();
+    let resp = ureq::post(&format!("{}{path}", s.url)).send_json(body.clone()).unwrap();
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
     let mut text = String::new();
     resp.into_reader().read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
+    text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
 }
 
 fn greedy_cli(prompt: &str, max_tokens: usize, draft: &str, cache: &Path) -> String {
     let out = Command::new(ibid_bin())
-        .args([
-            "--threads",
-            "1",
-            "generate",
-            "--model",
-            model_path().to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--ctx",
-            "512",
-        ])
-        .args([
-            "--max-tokens",
-            &max_tokens.to_string(),
-            "--no-recycle-save",
-            "--draft",
-            draft,
-        ])
+        .args(["--threads", "1", "generate", "--model", model_path().to_str().unwrap(), "--prompt", prompt, "--ctx", "512"])
+        .args(["--max-tokens", &max_tokens.to_string(), "--no-recycle-save", "--draft", draft])
         .env("XDG_CACHE_HOME", cache)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     text.strip_suffix('\n').unwrap_or(&text).to_string()
 }
@@ -161,24 +120,13 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     // (an empty recycling cache on both sides), and plain decoding (below).
     let drafted = greedy_cli(prompt, 24, "all", cache.path());
     let s = start(&["--no-recycle-save"], cache.path());
-    let (code, v) = post(
-        &s,
-        "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string(),
-    );
+    let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
-    assert_eq!(
-        v["choices"][0]["text"],
-        drafted.as_str(),
-        "server and CLI disagree"
-    );
+    assert_eq!(v["choices"][0]["text"], drafted.as_str(), "server and CLI disagree");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 24);
-    assert_eq!(
-        v["usage"]["total_tokens"],
-        v["usage"]["prompt_tokens"].as_u64().unwrap() + 24
-    );
+    assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().unwrap() + 24);
     assert!(metric(&s, "ibid_draft_tokens_total") > 0.0);
     let drafting = s;
 
@@ -186,26 +134,15 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let expected = greedy_cli(prompt, 24, "none", cache.path());
     assert_eq!(drafted, expected, "accelerated and plain output differ");
     let s = start(&["--draft", "none", "--no-recycle-save"], cache.path());
-    let (code, v) = post(
-        &s,
-        "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string(),
-    );
-    assert_eq!(
-        (code, v["choices"][0]["text"].as_str()),
-        (200, Some(expected.as_str()))
-    );
+    let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
+    assert_eq!((code, v["choices"][0]["text"].as_str()), (200, Some(expected.as_str())));
 
     // Requests for the concurrency check below, answered here one at a time: greedy and seeded
     // sampling (a seed fixes plain sampling's draws, and drafting draws the same).
     let together: Vec<Value> = [
         ("def add(a, b):\n    return", 0.0, 0),
         ("The three primary colors are", 0.8, 7),
-        (
-            "for i in range(10):\n    print(i)\nfor i in range(10):\n",
-            0.0,
-            0,
-        ),
+        ("for i in range(10):\n    print(i)\nfor i in range(10):\n", 0.0, 0),
         ("Once upon a time, in a small village,", 1.0, 42),
     ]
     .iter()
@@ -221,35 +158,17 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
         .collect();
 
     // streaming: the pieces add up to the same text, then a finish chunk, usage and [DONE]
-    let events = stream(
-        &s,
-        "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
-    );
+    let events = stream(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}));
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["text"].as_str())
-        .collect();
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(streamed, expected);
     assert!(chunks.len() > 3, "streamed in pieces");
-    assert_eq!(
-        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
-        "length"
-    );
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 24);
 
     // stop strings end the text before them
-    let (code, v) = post(
-        &s,
-        "/v1/completions",
-        &json!({"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"]})
-            .to_string(),
-    );
+    let (code, v) = post(&s, "/v1/completions", &json!({"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"]}).to_string());
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], " 4, 5,");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -260,43 +179,24 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
-    let whole = v["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let whole = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert!(!whole.is_empty());
     let mut streamed_chat = chat.clone();
     streamed_chat["stream"] = json!(true);
     let events = stream(&s, "/v1/chat/completions", &streamed_chat);
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks
-        .iter()
-        .all(|c| c["object"] == "chat.completion.chunk"));
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, whole);
 
     // a slow client: nobody waits for it, and it still gets everything
-    let mut slow = raw_stream_request(
-        &s,
-        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true}),
-    );
+    let mut slow = raw_stream_request(&s, &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true}));
     std::thread::sleep(Duration::from_millis(300));
-    let (code, _) = post(
-        &s,
-        "/v1/completions",
-        &json!({"prompt": "Hi", "max_tokens": 4}).to_string(),
-    );
+    let (code, _) = post(&s, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 4}).to_string());
     assert_eq!(code, 200);
     let mut all = String::new();
-    slow.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf = [0u8; 4096];
     while !all.contains("[DONE]") {
         let n = slow.read(&mut buf).unwrap();
@@ -316,143 +216,55 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
 
     // Several requests at once share each verification batch (one slot each), and each answer is
     // what that request got alone from plain decoding.
-    let (steps, sequences) = (
-        metric(&s, "ibid_verify_steps_total"),
-        metric(&s, "ibid_batch_sequences_total"),
-    );
+    let (steps, sequences) = (metric(&s, "ibid_verify_steps_total"), metric(&s, "ibid_batch_sequences_total"));
     let handles: Vec<_> = together
         .iter()
         .map(|body| {
             let (url, body) = (s.url.clone(), body.to_string());
             std::thread::spawn(move || {
-                let v: Value = ureq::post(&format!("{url}/v1/completions"))
-                    .send_string(&body)
-                    .unwrap()
-                    .into_json()
-                    .unwrap();
+                let v: Value = ureq::post(&format!("{url}/v1/completions")).send_string(&body).unwrap().into_json().unwrap();
                 v["choices"][0]["text"].clone()
             })
         })
         .collect();
     let answers: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(
-        answers, alone,
-        "concurrent drafted answers differ from plain ones"
-    );
-    let (steps, sequences) = (
-        metric(&s, "ibid_verify_steps_total") - steps,
-        metric(&s, "ibid_batch_sequences_total") - sequences,
-    );
-    assert!(
-        sequences > 1.5 * steps,
-        "requests were not batched together: {sequences} sequences in {steps} steps"
-    );
+    assert_eq!(answers, alone, "concurrent drafted answers differ from plain ones");
+    let (steps, sequences) = (metric(&s, "ibid_verify_steps_total") - steps, metric(&s, "ibid_batch_sequences_total") - sequences);
+    assert!(sequences > 1.5 * steps, "requests were not batched together: {sequences} sequences in {steps} steps");
     // The same prompt again starts from the cached prompt of its earlier answer.
     let cached = metric(&s, "ibid_prompt_tokens_cached_total");
     let (code, v) = post(&s, "/v1/completions", &together[0].to_string());
     assert_eq!((code, &v["choices"][0]["text"]), (200, &alone[0]));
-    assert!(
-        metric(&s, "ibid_prompt_tokens_cached_total") > cached,
-        "the repeated prompt was decoded again"
-    );
+    assert!(metric(&s, "ibid_prompt_tokens_cached_total") > cached, "the repeated prompt was decoded again");
 
     // bad input: a 4xx with an OpenAI-style error, and the server stays up
     let long_prompt = "word ".repeat(600);
     let cases: Vec<(&str, String, u16)> = vec![
         ("/v1/completions", "{\"prompt\": ".into(), 400),
         ("/v1/completions", "[1, 2]".into(), 400),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "bogus": 1}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "max_tokens": "ten"}).to_string(),
-            400,
-        ),
+        ("/v1/completions", json!({"prompt": "x", "bogus": 1}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "max_tokens": "ten"}).to_string(), 400),
         ("/v1/completions", json!({"prompt": 7}).to_string(), 400),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "max_tokens": 0}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "max_tokens": 1_000_000_000}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "max_tokens": -5}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "temperature": -1}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "temperature": 1e30}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "top_p": 0}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "seed": -3}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "n": 3}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "x", "stop": ["", "a"]}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": [999_999_999]}).to_string(),
-            400,
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": long_prompt, "max_tokens": 8}).to_string(),
-            400,
-        ),
-        (
-            "/v1/chat/completions",
-            json!({"messages": []}).to_string(),
-            400,
-        ),
-        (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "wizard", "content": "hi"}]}).to_string(),
-            400,
-        ),
-        (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user"}]}).to_string(),
-            400,
-        ),
+        ("/v1/completions", json!({"prompt": "x", "max_tokens": 0}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "max_tokens": 1_000_000_000}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "max_tokens": -5}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "temperature": -1}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "temperature": 1e30}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "top_p": 0}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "seed": -3}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "n": 3}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": "x", "stop": ["", "a"]}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": [999_999_999]}).to_string(), 400),
+        ("/v1/completions", json!({"prompt": long_prompt, "max_tokens": 8}).to_string(), 400),
+        ("/v1/chat/completions", json!({"messages": []}).to_string(), 400),
+        ("/v1/chat/completions", json!({"messages": [{"role": "wizard", "content": "hi"}]}).to_string(), 400),
+        ("/v1/chat/completions", json!({"messages": [{"role": "user"}]}).to_string(), 400),
         ("/v1/nothing", "{}".into(), 404),
     ];
     for (path, body, want) in &cases {
         let (code, v) = post(&s, path, body);
         assert_eq!(code, *want, "{path} {body}: {v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{v}"
-        );
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
     // a body over the limit: 413 once the limit is passed (the rest is not read)
     let mut sock = TcpStream::connect(&s.addr).unwrap();
@@ -462,81 +274,45 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let feeding = std::thread::spawn(move || {
         let _ = writer.write_all(body.as_bytes()); // the server may stop reading: a broken pipe is fine
     });
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut head = [0u8; 64];
     let n = sock.read(&mut head).unwrap();
-    assert!(
-        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&head[..n])
-    );
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&head[..n]));
     drop(sock);
     let _ = feeding.join();
     assert!(get_text(&s, "/health").contains("ok"));
 
     // a client that leaves mid-stream: the generation stops and others are served
     let cancelled_before = metric(&s, "ibid_cancelled_total");
-    let mut gone = raw_stream_request(
-        &s,
-        &json!({"prompt": prompt, "max_tokens": 400, "temperature": 0, "stream": true}),
-    );
+    let mut gone = raw_stream_request(&s, &json!({"prompt": prompt, "max_tokens": 400, "temperature": 0, "stream": true}));
     let mut first = [0u8; 256];
     let n = gone.read(&mut first).unwrap();
-    assert!(
-        String::from_utf8_lossy(&first[..n]).contains("200"),
-        "{}",
-        String::from_utf8_lossy(&first[..n])
-    );
+    assert!(String::from_utf8_lossy(&first[..n]).contains("200"), "{}", String::from_utf8_lossy(&first[..n]));
     drop(gone);
     let started = Instant::now();
-    let (code, _) = post(
-        &s,
-        "/v1/completions",
-        &json!({"prompt": "Hello", "max_tokens": 4}).to_string(),
-    );
+    let (code, _) = post(&s, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 4}).to_string());
     assert_eq!(code, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "the abandoned generation ran on: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(15), "the abandoned generation ran on: {:?}", started.elapsed());
     assert!(metric(&s, "ibid_cancelled_total") > cancelled_before);
 
     // metrics in Prometheus' text format
     let m = get_text(&s, "/metrics");
-    for name in [
-        "ibid_requests_total",
-        "ibid_completion_tokens_total",
-        "ibid_tokens_per_second",
-        "ibid_tokens_per_step",
-        "ibid_draft_tokens_total",
-    ] {
+    for name in ["ibid_requests_total", "ibid_completion_tokens_total", "ibid_tokens_per_second", "ibid_tokens_per_step", "ibid_draft_tokens_total"] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
-    assert!(
-        metric(
-            &s,
-            "ibid_requests_total{route=\"/v1/completions\",status=\"400\"}"
-        ) >= 16.0
-    );
+    assert!(metric(&s, "ibid_requests_total{route=\"/v1/completions\",status=\"400\"}") >= 16.0);
     drop(s);
 
     // a full queue answers 503 at once
-    let s = start(
-        &["--queue", "1", "--parallel", "1", "--no-recycle-save"],
-        cache.path(),
-    );
+    let s = start(&["--queue", "1", "--parallel", "1", "--no-recycle-save"], cache.path());
     let body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0});
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let (url, body) = (s.url.clone(), body.to_string());
-            std::thread::spawn(move || {
-                match ureq::post(&format!("{url}/v1/completions")).send_string(&body) {
-                    Ok(r) => r.status(),
-                    Err(ureq::Error::Status(c, _)) => c,
-                    Err(e) => panic!("{e}"),
-                }
+            std::thread::spawn(move || match ureq::post(&format!("{url}/v1/completions")).send_string(&body) {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(c, _)) => c,
+                Err(e) => panic!("{e}"),
             })
         })
         .collect();
@@ -549,28 +325,14 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let mut s = start(&["--draft", "all"], index_cache.path());
     let url = s.url.clone();
     let inflight = std::thread::spawn(move || {
-        ureq::post(&format!("{url}/v1/completions"))
-            .send_json(json!({"prompt": "Once upon a time", "max_tokens": 20}))
-            .map(|r| r.status())
+        ureq::post(&format!("{url}/v1/completions")).send_json(json!({"prompt": "Once upon a time", "max_tokens": 20})).map(|r| r.status())
     });
     std::thread::sleep(Duration::from_millis(400));
     let pid = s.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(
-        inflight.join().unwrap().unwrap(),
-        200,
-        "the request in flight was cut"
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(inflight.join().unwrap().unwrap(), 200, "the request in flight was cut");
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let saved: Vec<_> = std::fs::read_dir(index_cache.path().join("ibid"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let saved: Vec<_> = std::fs::read_dir(index_cache.path().join("ibid")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(saved.iter().any(|f| f.starts_with("recycle-")), "{saved:?}");
 }

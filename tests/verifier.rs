@@ -14,9 +14,7 @@ use ibid::generate::{generate, Drafter, GenerateOptions, Generation, NoDrafts};
 use ibid::model::Model;
 use ibid::verify::sampling::{argmax, distribution, top2};
 use ibid::verify::session::SlotStep;
-use ibid::verify::{
-    walk, Chooser, DraftTree, SamplingParams, Session, SessionOptions, StepOutcome,
-};
+use ibid::verify::{walk, Chooser, DraftTree, SamplingParams, Session, SessionOptions, StepOutcome};
 
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
@@ -29,13 +27,7 @@ fn lock() -> MutexGuard<'static, ()> {
 }
 
 fn session() -> Session<'static> {
-    exact_session(SessionOptions {
-        threads: 2,
-        n_ctx: 1024,
-        n_batch: 64,
-        max_sequences: 32,
-        ..SessionOptions::default()
-    })
+    exact_session(SessionOptions { threads: 2, n_ctx: 1024, n_batch: 64, max_sequences: 32, ..SessionOptions::default() })
 }
 
 /// A session on the exact kernels (checked first).
@@ -56,10 +48,7 @@ fn exact_kernels() {
 /// The local python3's standard library folder.
 fn stdlib() -> std::path::PathBuf {
     let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
-        ])
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
         .output()
         .unwrap();
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
@@ -69,26 +58,9 @@ fn stdlib() -> std::path::PathBuf {
 fn prompts() -> Vec<Vec<u32>> {
     let stdlib = stdlib();
     let files = [
-        "abc.py",
-        "argparse.py",
-        "base64.py",
-        "bisect.py",
-        "calendar.py",
-        "colorsys.py",
-        "csv.py",
-        "dataclasses.py",
-        "difflib.py",
-        "fnmatch.py",
-        "fractions.py",
-        "glob.py",
-        "heapq.py",
-        "hmac.py",
-        "ipaddress.py",
-        "keyword.py",
-        "operator.py",
-        "queue.py",
-        "shlex.py",
-        "textwrap.py",
+        "abc.py", "argparse.py", "base64.py", "bisect.py", "calendar.py", "colorsys.py", "csv.py",
+        "dataclasses.py", "difflib.py", "fnmatch.py", "fractions.py", "glob.py", "heapq.py", "hmac.py",
+        "ipaddress.py", "keyword.py", "operator.py", "queue.py", "shlex.py", "textwrap.py",
     ];
     files
         .iter()
@@ -121,12 +93,7 @@ fn many_prompts(n: usize) -> Vec<Vec<u32>> {
 }
 
 fn greedy(max_tokens: usize, budget: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        budget,
-        stop_at_eog: false,
-    }
+    GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), budget, stop_at_eog: false }
 }
 
 /// Drafts the known continuation (the plain run's output): every draft is right.
@@ -155,26 +122,15 @@ struct Random {
 
 impl Random {
     fn next(&mut self) -> u64 {
-        self.state = self
-            .state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.state >> 33
     }
     fn tree(&mut self, context: &[u32], budget: usize) -> DraftTree {
         let mut t = DraftTree::new();
         while t.len() < budget {
-            let parent = if t.is_empty() || self.next() % 3 == 0 {
-                None
-            } else {
-                Some(self.next() as usize % t.len())
-            };
+            let parent = if t.is_empty() || self.next() % 3 == 0 { None } else { Some(self.next() as usize % t.len()) };
             // mostly tokens from the context (plausible), some arbitrary
-            let tok = if self.next() % 4 == 0 {
-                self.next() as u32 % 262_144
-            } else {
-                context[self.next() as usize % context.len()]
-            };
+            let tok = if self.next() % 4 == 0 { self.next() as u32 % 262_144 } else { context[self.next() as usize % context.len()] };
             t.push(parent, tok, 1);
             if t.leaves().len() > 16 {
                 t.truncate(t.len() - 1);
@@ -215,11 +171,7 @@ impl Drafter for Mixed {
                 break;
             }
             let path = extra.path(leaf);
-            let attach = if t.is_empty() {
-                None
-            } else {
-                Some(self.random.next() as usize % t.len())
-            };
+            let attach = if t.is_empty() { None } else { Some(self.random.next() as usize % t.len()) };
             let room = budget - t.len();
             t.push_path(attach, &path[..path.len().min(room)], 2);
         }
@@ -239,13 +191,11 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
         s.prefill(prompt).unwrap();
         // a perfect chain: the plain continuation
         let mut plain = session();
-        let truth = generate(&mut plain, prompt, &mut NoDrafts, &greedy(8, 0), |_| true)
-            .unwrap()
-            .tokens;
+        let truth = generate(&mut plain, prompt, &mut NoDrafts, &greedy(8, 0), |_| true).unwrap().tokens;
         s.prefill(prompt).unwrap();
         let trees = [
-            DraftTree::chain(&truth), // perfect
-            rng.tree(prompt, 24),     // random
+            DraftTree::chain(&truth),                                 // perfect
+            rng.tree(prompt, 24),                                     // random
             {
                 // adversarial: many siblings of the right token, and a deep wrong chain
                 let mut t = DraftTree::new();
@@ -260,28 +210,16 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
             let mut argmaxes: Vec<(Option<usize>, u32, f32)> = Vec::new();
             let before = s.tokens();
             let out: StepOutcome = s
-                .step(
-                    &tree,
-                    &mut Chooser::new(SamplingParams::greedy()),
-                    |node, logits| {
-                        let (b, bv, sv) = top2(logits);
-                        argmaxes.push((node, b, bv - sv));
-                    },
-                )
+                .step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, logits| {
+                    let (b, bv, sv) = top2(logits);
+                    argmaxes.push((node, b, bv - sv));
+                })
                 .unwrap();
             let argmax_at = |node: Option<usize>| argmaxes.iter().find(|a| a.0 == node).unwrap().1;
             assert_eq!(out.emitted[0], argmax_at(None), "prompt {p}: root");
             for (i, &node) in out.accepted.iter().enumerate() {
-                assert_eq!(
-                    tree.token(node),
-                    out.emitted[i],
-                    "accepted nodes carry the emitted tokens"
-                );
-                assert_eq!(
-                    out.emitted[i + 1],
-                    argmax_at(Some(node)),
-                    "prompt {p}: after node {node}"
-                );
+                assert_eq!(tree.token(node), out.emitted[i], "accepted nodes carry the emitted tokens");
+                assert_eq!(out.emitted[i + 1], argmax_at(Some(node)), "prompt {p}: after node {node}");
             }
             assert_eq!(out.emitted.len(), out.accepted.len() + 1);
             // the walk stopped because no child carries the bonus token
@@ -296,10 +234,7 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
         }
     }
     // The plain run's own continuation is accepted whole.
-    assert!(
-        perfect_accepted.iter().all(|&a| a == 8),
-        "{perfect_accepted:?}"
-    );
+    assert!(perfect_accepted.iter().all(|&a| a == 8), "{perfect_accepted:?}");
 }
 
 /// Row by row, a batch's logits equal the logits of the same tokens decoded one at a time, bit for
@@ -309,18 +244,10 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
 #[test]
 fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
     let _l = lock();
-    let mut s = exact_session(SessionOptions {
-        threads: 2,
-        n_ctx: 1024,
-        n_batch: 128,
-        max_sequences: 64,
-        ..SessionOptions::default()
-    });
+    let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 1024, n_batch: 128, max_sequences: 64, ..SessionOptions::default() });
     let text = std::fs::read_to_string(stdlib().join("argparse.py")).unwrap();
     let all = model().tokenize_prompt(&text);
-    let same = |a: &[f32], b: &[f32]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-    };
+    let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     let mut rng = Random { state: 31 };
     for prompt_len in [40, 600] {
         let (prompt, rest) = all.split_at(prompt_len);
@@ -330,10 +257,7 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
         for n in 2..=64 {
             let batched = s.logits_of_chain(&chain[..n - 1]).unwrap();
             for (i, row) in batched.iter().enumerate() {
-                assert!(
-                    same(row, &reference[i]),
-                    "prompt of {prompt_len}: chain of {n}, row {i} differs"
-                );
+                assert!(same(row, &reference[i]), "prompt of {prompt_len}: chain of {n}, row {i} differs");
             }
         }
         for (shape, budget) in [3, 7, 15, 31, 47, 63].into_iter().enumerate() {
@@ -344,12 +268,8 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
                 tree.push_path(Some(at), &chain[1..8.min(64 - tree.len())], 0);
             }
             let mut rows: Vec<Vec<f32>> = vec![Vec::new(); tree.len() + 1];
-            s.step(
-                &tree,
-                &mut Chooser::new(SamplingParams::greedy()),
-                |node, l| rows[node.map_or(0, |n| n + 1)] = l.to_vec(),
-            )
-            .unwrap();
+            s.step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, l| rows[node.map_or(0, |n| n + 1)] = l.to_vec())
+                .unwrap();
             s.prefill(prompt).unwrap();
             // each leaf's path decoded token by token gives the reference for every node on it
             let mut checked = vec![false; tree.len() + 1];
@@ -361,24 +281,13 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
                     nodes.push(parent);
                 }
                 nodes.reverse();
-                assert!(
-                    same(&rows[0], &reference[0]),
-                    "prompt of {prompt_len}: tree of {} nodes, root differs",
-                    tree.len()
-                );
+                assert!(same(&rows[0], &reference[0]), "prompt of {prompt_len}: tree of {} nodes, root differs", tree.len());
                 for (depth, &node) in nodes.iter().enumerate() {
-                    assert!(
-                        same(&rows[node + 1], &reference[depth + 1]),
-                        "prompt of {prompt_len}: tree of {} nodes, node {node} differs",
-                        tree.len()
-                    );
+                    assert!(same(&rows[node + 1], &reference[depth + 1]), "prompt of {prompt_len}: tree of {} nodes, node {node} differs", tree.len());
                     checked[node + 1] = true;
                 }
             }
-            assert!(
-                checked[1..].iter().all(|&c| c),
-                "every node lies on a leaf's path"
-            );
+            assert!(checked[1..].iter().all(|&c| c), "every node lies on a leaf's path");
         }
     }
 }
@@ -390,61 +299,27 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
 #[test]
 fn speculative_output_equals_plain_output_token_for_token() {
     let _l = lock();
-    let mut s = exact_session(SessionOptions {
-        threads: 2,
-        n_ctx: 400,
-        n_batch: 64,
-        max_sequences: 32,
-        ..SessionOptions::default()
-    });
+    let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 400, n_batch: 64, max_sequences: 32, ..SessionOptions::default() });
     let n = 128;
     let sampled = |seed: u64| GenerateOptions {
         max_tokens: n,
-        sampling: SamplingParams {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            seed,
-        },
+        sampling: SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, seed },
         budget: 12,
         stop_at_eog: false,
     };
     let (mut runs, mut accepted, mut steps_saved) = (0, 0, 0);
     for (p, prompt) in many_prompts(50).iter().enumerate() {
         let sampling = p % 2 == 1;
-        let options = if sampling {
-            sampled(p as u64)
-        } else {
-            greedy(n, 12)
-        };
-        let plain = generate(
-            &mut s,
-            prompt,
-            &mut NoDrafts,
-            &GenerateOptions {
-                budget: 0,
-                ..options
-            },
-            |_| true,
-        )
-        .unwrap();
+        let options = if sampling { sampled(p as u64) } else { greedy(n, 12) };
+        let plain = generate(&mut s, prompt, &mut NoDrafts, &GenerateOptions { budget: 0, ..options }, |_| true).unwrap();
         assert_eq!(plain.tokens.len(), n);
         let mut drafter = Mixed {
-            oracle: Oracle {
-                prompt_len: prompt.len(),
-                truth: plain.tokens.clone(),
-                chain: 10,
-            },
-            random: Random {
-                state: 1000 + p as u64,
-            },
+            oracle: Oracle { prompt_len: prompt.len(), truth: plain.tokens.clone(), chain: 10 },
+            random: Random { state: 1000 + p as u64 },
         };
         let spec = generate(&mut s, prompt, &mut drafter, &options, |_| true).unwrap();
         let kind = if sampling { "sampled" } else { "greedy" };
-        assert_eq!(
-            spec.tokens, plain.tokens,
-            "prompt {p}, {kind}: accelerated output differs from plain"
-        );
+        assert_eq!(spec.tokens, plain.tokens, "prompt {p}, {kind}: accelerated output differs from plain");
         runs += 1;
         accepted += spec.accepted;
         steps_saved += plain.steps - spec.steps;
@@ -453,15 +328,8 @@ fn speculative_output_equals_plain_output_token_for_token() {
         "{runs} runs identical to plain, {accepted} draft tokens accepted, {steps_saved} steps saved, {} cache compactions",
         s.compactions()
     );
-    assert!(
-        steps_saved > 50 * 32,
-        "drafts should save many steps: {steps_saved}"
-    );
-    assert!(
-        s.compactions() > 25,
-        "the rejected cells should have filled the cache: {}",
-        s.compactions()
-    );
+    assert!(steps_saved > 50 * 32, "drafts should save many steps: {steps_saved}");
+    assert!(s.compactions() > 25, "the rejected cells should have filled the cache: {}", s.compactions());
 }
 
 /// A generation in a slot of a shared session, as the server runs requests.
@@ -475,10 +343,7 @@ struct SlotJob {
 /// Run `jobs` (prompt, options, the plain output for the oracle's drafts) through the session's
 /// slots, refilling a slot as soon as its generation ends, the way the server does. Returns each
 /// job's output, the steps that verified more than one slot, and the prompt tokens found cached.
-fn run_in_slots(
-    s: &mut Session<'_>,
-    jobs: &[(Vec<u32>, GenerateOptions, Vec<u32>)],
-) -> (Vec<Vec<u32>>, usize, usize) {
+fn run_in_slots(s: &mut Session<'_>, jobs: &[(Vec<u32>, GenerateOptions, Vec<u32>)]) -> (Vec<Vec<u32>>, usize, usize) {
     let slots = s.options().slots as usize;
     let n_ctx = s.options().n_ctx as usize;
     let (mut next, mut shared_steps, mut cached) = (0, 0, 0);
@@ -494,14 +359,8 @@ fn run_in_slots(
                 slot,
                 generation: Generation::new(prompt.len(), options, 0.0).unwrap(),
                 drafter: Mixed {
-                    oracle: Oracle {
-                        prompt_len: prompt.len(),
-                        truth: plain.clone(),
-                        chain: 8,
-                    },
-                    random: Random {
-                        state: 500 + next as u64,
-                    },
+                    oracle: Oracle { prompt_len: prompt.len(), truth: plain.clone(), chain: 8 },
+                    random: Random { state: 500 + next as u64 },
                 },
             });
             next += 1;
@@ -510,11 +369,7 @@ fn run_in_slots(
             .iter_mut()
             .map(|j| {
                 let budget = j.generation.budget(s.slot_len(j.slot), n_ctx).unwrap();
-                let mut t = if budget > 0 {
-                    j.drafter.draft(&s.slot_tokens(j.slot), budget)
-                } else {
-                    DraftTree::new()
-                };
+                let mut t = if budget > 0 { j.drafter.draft(&s.slot_tokens(j.slot), budget) } else { DraftTree::new() };
                 t.truncate(budget.min(t.len()));
                 t
             })
@@ -522,11 +377,7 @@ fn run_in_slots(
         let mut work: Vec<SlotStep<'_>> = running
             .iter_mut()
             .zip(&trees)
-            .map(|(j, tree)| SlotStep {
-                slot: j.slot,
-                tree,
-                chooser: &mut j.generation.chooser,
-            })
+            .map(|(j, tree)| SlotStep { slot: j.slot, tree, chooser: &mut j.generation.chooser })
             .collect();
         let outcomes = s.step_slots(&mut work, |_, _, _| {}).unwrap();
         drop(work);
@@ -537,8 +388,7 @@ fn run_in_slots(
         for j in running.iter().filter(|j| j.generation.is_done()) {
             s.release(j.slot).unwrap();
         }
-        let (done, still): (Vec<SlotJob>, Vec<SlotJob>) =
-            running.into_iter().partition(|j| j.generation.is_done());
+        let (done, still): (Vec<SlotJob>, Vec<SlotJob>) = running.into_iter().partition(|j| j.generation.is_done());
         running = still;
         for j in done {
             outputs[j.job] = j.generation.finish().tokens;
@@ -562,12 +412,7 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
         } else {
             GenerateOptions {
                 max_tokens: n,
-                sampling: SamplingParams {
-                    temperature: 0.9,
-                    top_k: 0,
-                    top_p: 0.9,
-                    seed: 77 + p as u64,
-                },
+                sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 0.9, seed: 77 + p as u64 },
                 budget: 12,
                 stop_at_eog: false,
             }
@@ -576,118 +421,56 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     let distinct = many_prompts(12);
     let mut alone = session();
     let mut plain = |prompt: &[u32], options: &GenerateOptions| {
-        generate(
-            &mut alone,
-            prompt,
-            &mut NoDrafts,
-            &GenerateOptions {
-                budget: 0,
-                ..*options
-            },
-            |_| true,
-        )
-        .unwrap()
-        .tokens
+        generate(&mut alone, prompt, &mut NoDrafts, &GenerateOptions { budget: 0, ..*options }, |_| true).unwrap().tokens
     };
     let first: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = distinct
         .iter()
         .enumerate()
         .map(|(p, prompt)| (prompt.clone(), options_of(p), plain(prompt, &options_of(p))))
         .collect();
-    let mut s = exact_session(SessionOptions {
-        threads: 2,
-        n_ctx: 700,
-        n_batch: 64,
-        max_sequences: 16,
-        slots: 3,
-        cached_prompts: 6,
-    });
+    let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3, cached_prompts: 6 });
     let (outputs, shared_steps, _) = run_in_slots(&mut s, &first);
     for (p, out) in outputs.iter().enumerate() {
-        assert_eq!(
-            out, &first[p].2,
-            "prompt {p}: output with other slots in the batch differs from plain"
-        );
+        assert_eq!(out, &first[p].2, "prompt {p}: output with other slots in the batch differs from plain");
     }
-    eprintln!(
-        "{shared_steps} shared steps, {} compactions",
-        s.compactions()
-    );
-    assert!(
-        shared_steps > 40,
-        "slots should have shared batches: {shared_steps}"
-    );
-    assert!(
-        s.compactions() >= 3,
-        "the cache should have been compacted with slots live: {}",
-        s.compactions()
-    );
+    eprintln!("{shared_steps} shared steps, {} compactions", s.compactions());
+    assert!(shared_steps > 40, "slots should have shared batches: {shared_steps}");
+    assert!(s.compactions() >= 3, "the cache should have been compacted with slots live: {}", s.compactions());
 
     // The last prompts are in the prompt cache: ask for three of them again (other options),
     // one of them extended by more tokens.
-    let mut again: Vec<(Vec<u32>, GenerateOptions)> = (9..12)
-        .map(|p| (distinct[p].clone(), options_of(p + 1)))
-        .collect();
+    let mut again: Vec<(Vec<u32>, GenerateOptions)> = (9..12).map(|p| (distinct[p].clone(), options_of(p + 1))).collect();
     again[1].0.extend_from_slice(&distinct[0][1..30]);
-    let second: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = again
-        .into_iter()
-        .map(|(prompt, options)| {
-            let out = plain(&prompt, &options);
-            (prompt, options, out)
-        })
-        .collect();
+    let second: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> =
+        again.into_iter().map(|(prompt, options)| { let out = plain(&prompt, &options); (prompt, options, out) }).collect();
     let (outputs, _, cached) = run_in_slots(&mut s, &second);
     for (p, out) in outputs.iter().enumerate() {
-        assert_eq!(
-            out, &second[p].2,
-            "repeated prompt {p}: output from cached tokens differs from plain"
-        );
+        assert_eq!(out, &second[p].2, "repeated prompt {p}: output from cached tokens differs from plain");
     }
     let prompt_tokens: usize = second.iter().map(|j| j.0.len() - 1).sum();
     eprintln!("{cached} of {prompt_tokens} prompt tokens from the cache");
-    assert!(
-        cached + 29 >= prompt_tokens,
-        "the repeated prompts should start from cached tokens: {cached} of {prompt_tokens}"
-    );
+    assert!(cached + 29 >= prompt_tokens, "the repeated prompts should start from cached tokens: {cached} of {prompt_tokens}");
 
     // A new prompt sent three times at once (once extended): the second and third take the
     // first's cells while it runs, and each output is still plain's.
-    let novel: Vec<u32> = distinct[2][..40]
-        .iter()
-        .chain(&distinct[5][1..40])
-        .copied()
-        .collect();
+    let novel: Vec<u32> = distinct[2][..40].iter().chain(&distinct[5][1..40]).copied().collect();
     let mut extended = novel.clone();
     extended.extend_from_slice(&distinct[7][1..20]);
-    let third: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> =
-        [(novel.clone(), 0), (novel.clone(), 1), (extended, 2)]
-            .into_iter()
-            .map(|(prompt, p)| {
-                let out = plain(&prompt, &options_of(p));
-                (prompt, options_of(p), out)
-            })
-            .collect();
+    let third: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = [(novel.clone(), 0), (novel.clone(), 1), (extended, 2)]
+        .into_iter()
+        .map(|(prompt, p)| { let out = plain(&prompt, &options_of(p)); (prompt, options_of(p), out) })
+        .collect();
     let (outputs, _, cached) = run_in_slots(&mut s, &third);
     for (p, out) in outputs.iter().enumerate() {
-        assert_eq!(
-            out, &third[p].2,
-            "concurrent prompt {p}: output from a running slot's cells differs from plain"
-        );
+        assert_eq!(out, &third[p].2, "concurrent prompt {p}: output from a running slot's cells differs from plain");
     }
     eprintln!("{cached} prompt tokens from running slots");
-    assert!(
-        cached >= 2 * (novel.len() - 1),
-        "the later copies should share the first's cells: {cached}"
-    );
+    assert!(cached >= 2 * (novel.len() - 1), "the later copies should share the first's cells: {cached}");
 }
 
 /// Chi-square statistic of observed counts against expected probabilities (bins with small
 /// expectations pooled).
-fn chi_square(
-    observed: &std::collections::HashMap<u32, u64>,
-    expected: &[(u32, f64)],
-    n: u64,
-) -> (f64, usize) {
+fn chi_square(observed: &std::collections::HashMap<u32, u64>, expected: &[(u32, f64)], n: u64) -> (f64, usize) {
     let mut stat = 0.0;
     let mut bins: usize = 0;
     let mut pooled_o = 0.0;
@@ -703,20 +486,13 @@ fn chi_square(
             pooled_e += e;
         }
     }
-    let outside: u64 = observed
-        .iter()
-        .filter(|(t, _)| !expected.iter().any(|e| e.0 == **t))
-        .map(|(_, c)| c)
-        .sum();
+    let outside: u64 = observed.iter().filter(|(t, _)| !expected.iter().any(|e| e.0 == **t)).map(|(_, c)| c).sum();
     pooled_o += outside as f64;
     if pooled_e >= 5.0 {
         stat += (pooled_o - pooled_e).powi(2) / pooled_e;
         bins += 1;
     } else {
-        assert!(
-            pooled_o <= 5.0 + 5.0 * pooled_e.max(1.0),
-            "tokens outside the distribution: {pooled_o}"
-        );
+        assert!(pooled_o <= 5.0 + 5.0 * pooled_e.max(1.0), "tokens outside the distribution: {pooled_o}");
     }
     (stat, bins.saturating_sub(1))
 }
@@ -732,43 +508,27 @@ fn chi_square_critical(df: usize) -> f64 {
 fn speculative_sampling_keeps_the_target_distribution() {
     let _l = lock();
     let mut s = session();
-    let params = SamplingParams {
-        temperature: 0.9,
-        top_k: 40,
-        top_p: 0.95,
-        seed: 0,
-    };
+    let params = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: 0 };
     let prompt = &prompts()[4];
     s.prefill(prompt).unwrap();
     // a tree whose root children are the three likeliest tokens, each with its likeliest child
     let root_logits = s.logits_of_chain(&[]).unwrap().remove(0);
-    let top: Vec<u32> = distribution(&root_logits, &params)
-        .iter()
-        .take(3)
-        .map(|d| d.0)
-        .collect();
+    let top: Vec<u32> = distribution(&root_logits, &params).iter().take(3).map(|d| d.0).collect();
     let mut tree = DraftTree::new();
     for &t in &top {
         tree.push(None, t, 0);
     }
     let mut logits: Vec<Vec<f32>> = Vec::new();
     let mut root = Vec::new();
-    s.step(
-        &tree,
-        &mut Chooser::new(SamplingParams::greedy()),
-        |node, l| match node {
-            None => root = l.to_vec(),
-            Some(_) => logits.push(l.to_vec()),
-        },
-    )
+    s.step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, l| match node {
+        None => root = l.to_vec(),
+        Some(_) => logits.push(l.to_vec()),
+    })
     .unwrap();
     // The walk is a pure function of the batch's logits: repeat it with fresh random numbers. To
     // make 60,000 walks cheap, project every logit vector onto the 256 likeliest root tokens and
     // their children's (top-k 40 and top-p keep far fewer, so the distributions are unchanged).
-    let mut keep: Vec<u32> = ibid::verify::sampling::top_k(&root, 256)
-        .into_iter()
-        .map(|t| t.0)
-        .collect();
+    let mut keep: Vec<u32> = ibid::verify::sampling::top_k(&root, 256).into_iter().map(|t| t.0).collect();
     for l in &logits {
         for (t, _) in ibid::verify::sampling::top_k(l, 256) {
             if !keep.contains(&t) {
@@ -786,10 +546,7 @@ fn speculative_sampling_keeps_the_target_distribution() {
         tree.push(None, t, 0);
     }
     let draws: u64 = 60_000;
-    let mut chooser = Chooser::new(SamplingParams {
-        seed: 12345,
-        ..params
-    });
+    let mut chooser = Chooser::new(SamplingParams { seed: 12345, ..params });
     let mut first = std::collections::HashMap::<u32, u64>::new();
     let mut second = std::collections::HashMap::<u32, u64>::new();
     let mut via_top = 0;
@@ -806,25 +563,16 @@ fn speculative_sampling_keeps_the_target_distribution() {
     }
     let p_root = distribution(&root, &params);
     let (stat, df) = chi_square(&first, &p_root, draws);
-    assert!(
-        stat < chi_square_critical(df),
-        "first token: chi2 {stat:.1} with {df} df"
-    );
+    assert!(stat < chi_square_critical(df), "first token: chi2 {stat:.1} with {df} df");
     let p_child = distribution(&logits[0], &params);
     let (stat2, df2) = chi_square(&second, &p_child, via_top);
-    assert!(
-        stat2 < chi_square_critical(df2),
-        "second token: chi2 {stat2:.1} with {df2} df"
-    );
+    assert!(stat2 < chi_square_critical(df2), "second token: chi2 {stat2:.1} with {df2} df");
     // Power: a 2 % shift of the top token's probability is many standard errors at this size.
     let p0 = p_root[0].1;
     let se = (p0 * (1.0 - p0) / draws as f64).sqrt();
-    assert!(
-        0.02 / se > 6.0,
-        "too few draws to see a 2 % shift: {:.1} standard errors",
-        0.02 / se
-    );
+    assert!(0.02 / se > 6.0, "too few draws to see a 2 % shift: {:.1} standard errors", 0.02 / se);
     eprintln!("sampling: first-token chi2 {stat:.1} (df {df}), second-token chi2 {stat2:.1} (df {df2}), 2 % shift = {:.1} s.e.", 0.02 / se);
+
 }
 
 #[test]
@@ -859,16 +607,8 @@ fn cache_after_many_steps_equals_a_fresh_run() {
     let clean = fresh.logits_of_chain(&[]).unwrap().remove(0);
     // Prompt chunks, single tokens and draft trees all give every row the same logits, so the
     // cache built step by step (with rejected cells compacted away or not) equals a fresh prefill.
-    let differing = incremental
-        .iter()
-        .zip(&clean)
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
-    eprintln!(
-        "cache: {differing} of {} logits differ after {} tokens and {accepted} accepted drafts",
-        clean.len(),
-        tokens.len()
-    );
+    let differing = incremental.iter().zip(&clean).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    eprintln!("cache: {differing} of {} logits differ after {} tokens and {accepted} accepted drafts", clean.len(), tokens.len());
     assert_eq!(differing, 0);
 }
 
@@ -878,38 +618,14 @@ fn bad_input_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let not_gguf = dir.path().join("x.gguf");
     std::fs::write(&not_gguf, "hello").unwrap();
-    assert!(Model::load(dir.path().join("missing.gguf"))
-        .unwrap_err()
-        .to_string()
-        .contains("no such file"));
-    assert!(Model::load(&not_gguf)
-        .unwrap_err()
-        .to_string()
-        .contains("GGUF"));
+    assert!(Model::load(dir.path().join("missing.gguf")).unwrap_err().to_string().contains("no such file"));
+    assert!(Model::load(&not_gguf).unwrap_err().to_string().contains("GGUF"));
 
-    let mut s = Session::new(
-        model(),
-        SessionOptions {
-            threads: 1,
-            n_ctx: 64,
-            n_batch: 16,
-            max_sequences: 4,
-            ..SessionOptions::default()
-        },
-    )
-    .unwrap();
+    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, ..SessionOptions::default() }).unwrap();
     assert!(s.prefill(&[]).unwrap_err().to_string().contains("empty"));
     let long: Vec<u32> = (0..100).map(|i| 100 + i).collect();
-    assert!(s
-        .prefill(&long)
-        .unwrap_err()
-        .to_string()
-        .contains("more than the context"));
-    assert!(s
-        .prefill(&[2, 999_999])
-        .unwrap_err()
-        .to_string()
-        .contains("vocabulary"));
+    assert!(s.prefill(&long).unwrap_err().to_string().contains("more than the context"));
+    assert!(s.prefill(&[2, 999_999]).unwrap_err().to_string().contains("vocabulary"));
     s.prefill(&[2, 100, 200]).unwrap();
     let mut greedy = Chooser::new(SamplingParams::greedy());
     let wide: DraftTree = {
@@ -919,25 +635,11 @@ fn bad_input_is_an_error() {
         }
         t
     };
-    assert!(s
-        .step(&wide, &mut greedy, |_, _| {})
-        .unwrap_err()
-        .to_string()
-        .contains("sequences"));
+    assert!(s.step(&wide, &mut greedy, |_, _| {}).unwrap_err().to_string().contains("sequences"));
     let big = DraftTree::chain(&(0..20).map(|i| 300 + i).collect::<Vec<_>>());
-    assert!(s
-        .step(&big, &mut greedy, |_, _| {})
-        .unwrap_err()
-        .to_string()
-        .contains("batch"));
-    let bad = SamplingParams {
-        temperature: -1.0,
-        ..SamplingParams::greedy()
-    };
-    let opts = GenerateOptions {
-        sampling: bad,
-        ..GenerateOptions::default()
-    };
+    assert!(s.step(&big, &mut greedy, |_, _| {}).unwrap_err().to_string().contains("batch"));
+    let bad = SamplingParams { temperature: -1.0, ..SamplingParams::greedy() };
+    let opts = GenerateOptions { sampling: bad, ..GenerateOptions::default() };
     assert!(generate(&mut s, &[2, 100], &mut NoDrafts, &opts, |_| true).is_err());
     // the session still works after refusing
     let out = s.step(&DraftTree::new(), &mut greedy, |_, _| {}).unwrap();
@@ -945,26 +647,12 @@ fn bad_input_is_an_error() {
 
     // the CLI says so too, without panicking
     let o = std::process::Command::new(ibid_bin())
-        .args([
-            "generate",
-            "--model",
-            not_gguf.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ])
+        .args(["generate", "--model", not_gguf.to_str().unwrap(), "--prompt", "hi"])
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("GGUF"));
     let o = std::process::Command::new(ibid_bin())
-        .args([
-            "generate",
-            "--model",
-            model_path().to_str().unwrap(),
-            "--prompt",
-            "hi",
-            "--top-p",
-            "0",
-        ])
+        .args(["generate", "--model", model_path().to_str().unwrap(), "--prompt", "hi", "--top-p", "0"])
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("top_p"));
@@ -977,28 +665,11 @@ fn an_index_must_share_the_models_vocabulary() {
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "def f(x):\n    return x + 1\n").unwrap();
     let gguf = dir.path().join("gguf");
-    ibid::index::build(
-        &[corpus.clone()],
-        model().tokenizer(),
-        &ibid::index::BuildOptions::new(&gguf),
-        &ibid::index::build::Quiet,
-    )
-    .unwrap();
-    model()
-        .check_index(&ibid::index::Index::open(&gguf).unwrap())
-        .unwrap();
+    ibid::index::build(&[corpus.clone()], model().tokenizer(), &ibid::index::BuildOptions::new(&gguf), &ibid::index::build::Quiet).unwrap();
+    model().check_index(&ibid::index::Index::open(&gguf).unwrap()).unwrap();
     let bytes = dir.path().join("bytes");
-    ibid::index::build(
-        &[corpus],
-        &ibid::tokenize::ByteTokenizer::new(),
-        &ibid::index::BuildOptions::new(&bytes),
-        &ibid::index::build::Quiet,
-    )
-    .unwrap();
-    let err = model()
-        .check_index(&ibid::index::Index::open(&bytes).unwrap())
-        .unwrap_err()
-        .to_string();
+    ibid::index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &ibid::index::BuildOptions::new(&bytes), &ibid::index::build::Quiet).unwrap();
+    let err = model().check_index(&ibid::index::Index::open(&bytes).unwrap()).unwrap_err().to_string();
     assert!(err.contains("bytes") && err.contains("gemma"), "{err}");
 }
 
@@ -1008,21 +679,12 @@ fn context_drafts_speed_up_a_copy_and_change_nothing() {
     let mut s = session();
     let src = std::fs::read_to_string(stdlib().join("colorsys.py")).unwrap();
     let passage = &src[..800];
-    let prompt = model().tokenize_prompt(&format!(
-        "{passage}\n\n# The same code again, unchanged:\n\n{}",
-        &passage[..120]
-    ));
+    let prompt = model().tokenize_prompt(&format!("{passage}\n\n# The same code again, unchanged:\n\n{}", &passage[..120]));
     let plain = generate(&mut s, &prompt, &mut NoDrafts, &greedy(48, 0), |_| true).unwrap();
-    let mut drafter =
-        ibid::draft::Combined::new(vec![Box::new(ibid::draft::ContextDrafter::default())]);
+    let mut drafter = ibid::draft::Combined::new(vec![Box::new(ibid::draft::ContextDrafter::default())]);
     let spec = generate(&mut s, &prompt, &mut drafter, &greedy(48, 6), |_| true).unwrap();
     assert_eq!(plain.tokens, spec.tokens);
-    eprintln!(
-        "copy prompt: {:.2} tokens per step, {} of {} drafts accepted",
-        spec.tokens_per_step(),
-        spec.accepted,
-        spec.drafted
-    );
+    eprintln!("copy prompt: {:.2} tokens per step, {} of {} drafts accepted", spec.tokens_per_step(), spec.accepted, spec.drafted);
     assert!(spec.tokens_per_step() > 2.0, "{}", spec.tokens_per_step());
 }
 
@@ -1033,28 +695,13 @@ fn context_drafts_speed_up_a_copy_and_change_nothing() {
 fn all_drafters_with_an_index_change_nothing() {
     let _l = lock();
     let stdlib = stdlib();
-    let files: Vec<std::path::PathBuf> = [
-        "abc.py",
-        "bisect.py",
-        "colorsys.py",
-        "heapq.py",
-        "keyword.py",
-        "shlex.py",
-        "textwrap.py",
-        "glob.py",
-    ]
-    .iter()
-    .map(|f| stdlib.join(f))
-    .collect();
+    let files: Vec<std::path::PathBuf> = ["abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py", "shlex.py", "textwrap.py", "glob.py"]
+        .iter()
+        .map(|f| stdlib.join(f))
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("idx");
-    ibid::index::build(
-        &files,
-        model().tokenizer(),
-        &ibid::index::BuildOptions::new(&out),
-        &ibid::index::build::Quiet,
-    )
-    .unwrap();
+    ibid::index::build(&files, model().tokenizer(), &ibid::index::BuildOptions::new(&out), &ibid::index::build::Quiet).unwrap();
     let index = ibid::index::Index::open(&out).unwrap();
     model().check_index(&index).unwrap();
     let vocab = model().n_vocab();
@@ -1081,17 +728,11 @@ fn all_drafters_with_an_index_change_nothing() {
         identical += 1;
         accepted += spec.accepted;
         let report = drafter.source_report();
-        assert_eq!(
-            report[3]["details"]["row_updates"],
-            (spec.steps + spec.drafted) as u64,
-            "one row per verified node"
-        );
+        assert_eq!(report[3]["details"]["row_updates"], (spec.steps + spec.drafted) as u64, "one row per verified node");
         drafter.finish().unwrap();
         let saved = ibid::draft::RecycleMatrix::load(&matrix_file, vocab, 8, "test").unwrap();
         assert_ne!(saved, warm, "the run refreshed rows");
     }
-    eprintln!(
-        "all drafters: {identical} of 6 identical to plain, {accepted} draft tokens accepted"
-    );
+    eprintln!("all drafters: {identical} of 6 identical to plain, {accepted} draft tokens accepted");
     assert!(accepted > 0);
 }

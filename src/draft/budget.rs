@@ -78,23 +78,11 @@ impl Budget {
 
     /// Trees of at most `max` nodes for each of up to `slots` sequences verified in one batch.
     pub fn for_slots(curve: Option<&CostCurve>, max: usize, slots: usize) -> Self {
-        let default = CostCurve {
-            model_file: String::new(),
-            model_bytes: 0,
-            threads: 1,
-            context_tokens: 0,
-            seconds: DEFAULT_CURVE.to_vec(),
-        };
+        let default =
+            CostCurve { model_file: String::new(), model_bytes: 0, threads: 1, context_tokens: 0, seconds: DEFAULT_CURVE.to_vec() };
         let curve = curve.unwrap_or(&default);
-        let relative = (0..slots.max(1) * (max + 1))
-            .map(|n| curve.relative(n + 1).max(1.0))
-            .collect();
-        Budget {
-            relative,
-            max,
-            steps: 0,
-            observed: ObservedCost::default(),
-        }
+        let relative = (0..slots.max(1) * (max + 1)).map(|n| curve.relative(n + 1).max(1.0)).collect();
+        Budget { relative, max, steps: 0, observed: ObservedCost::default() }
     }
 
     /// A verification step of `rows` tokens in one batch took `seconds`.
@@ -104,10 +92,7 @@ impl Budget {
             return;
         }
         if rows == 1 {
-            o.single = Some(
-                o.single
-                    .map_or(seconds, |s| s + SINGLE_RATE * (seconds - s)),
-            );
+            o.single = Some(o.single.map_or(seconds, |s| s + SINGLE_RATE * (seconds - s)));
             return;
         }
         let (Some(single), Some(&expected)) = (o.single, self.relative.get(rows - 1)) else {
@@ -162,11 +147,8 @@ impl Budget {
         }
         let room = self.relative.len().saturating_sub(m);
         // Every node as (probability, tree), best first; ties keep tree order.
-        let mut all: Vec<(f64, usize)> = path_ps
-            .iter()
-            .enumerate()
-            .flat_map(|(t, p)| p.iter().take(self.max).map(move |&q| (q, t)))
-            .collect();
+        let mut all: Vec<(f64, usize)> =
+            path_ps.iter().enumerate().flat_map(|(t, p)| p.iter().take(self.max).map(move |&q| (q, t))).collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
         all.truncate(room);
         let (mut best, mut best_value, mut sum) = (0, m as f64 / self.cost(m - 1), m as f64);
@@ -200,11 +182,7 @@ mod tests {
         assert_eq!(b.choose(&sure), 15);
         let mut b = Budget::new(None, 16);
         let hopeless = vec![0.01; 16];
-        assert_eq!(
-            b.choose(&hopeless),
-            0,
-            "drafts that cannot pay are switched off"
-        );
+        assert_eq!(b.choose(&hopeless), 0, "drafts that cannot pay are switched off");
         // one good node then poor ones: just the good one
         let mut b = Budget::new(None, 16);
         assert_eq!(b.choose(&[0.9, 0.05, 0.04, 0.03]), 1);
@@ -216,9 +194,7 @@ mod tests {
 
     #[test]
     fn steps_that_cost_more_than_the_curve_says_shrink_the_trees() {
-        let path_p = [
-            0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4,
-        ];
+        let path_p = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4];
         let reference = Budget::new(None, 12).choose(&path_p);
         // steps that cost what the curve says change nothing
         let mut b = Budget::new(None, 12);
@@ -259,28 +235,14 @@ mod tests {
 
     #[test]
     fn joint_budget_matches_brute_force_and_keeps_prefixes() {
-        let curve = CostCurve {
-            model_file: String::new(),
-            model_bytes: 0,
-            threads: 1,
-            context_tokens: 0,
-            seconds: DEFAULT_CURVE.to_vec(),
-        };
-        let trees: Vec<Vec<f64>> = vec![
-            vec![0.95, 0.9, 0.85, 0.2],
-            vec![0.3, 0.1],
-            vec![0.99, 0.97, 0.96, 0.9, 0.6, 0.3],
-        ];
+        let curve = CostCurve { model_file: String::new(), model_bytes: 0, threads: 1, context_tokens: 0, seconds: DEFAULT_CURVE.to_vec() };
+        let trees: Vec<Vec<f64>> = vec![vec![0.95, 0.9, 0.85, 0.2], vec![0.3, 0.1], vec![0.99, 0.97, 0.96, 0.9, 0.6, 0.3]];
         let views: Vec<&[f64]> = trees.iter().map(Vec::as_slice).collect();
         let mut b = Budget::for_slots(Some(&curve), 8, 3);
         let chosen = b.choose_joint(&views);
         // brute force over every combination of prefixes
         let value = |c: &[usize]| {
-            let tokens: f64 = c
-                .iter()
-                .zip(&trees)
-                .map(|(&k, t)| 1.0 + t[..k].iter().sum::<f64>())
-                .sum();
+            let tokens: f64 = c.iter().zip(&trees).map(|(&k, t)| 1.0 + t[..k].iter().sum::<f64>()).sum();
             tokens / curve.relative(3 + c.iter().sum::<usize>())
         };
         let mut best = (0.0, vec![]);
@@ -294,17 +256,10 @@ mod tests {
                 }
             }
         }
-        assert!(
-            (value(&chosen) - best.0).abs() < 1e-9,
-            "{chosen:?} vs {:?}",
-            best.1
-        );
+        assert!((value(&chosen) - best.0).abs() < 1e-9, "{chosen:?} vs {:?}", best.1);
         // one tree alone: the same as choose
         let mut single = Budget::for_slots(Some(&curve), 8, 3);
         let mut plain = Budget::new(Some(&curve), 8);
-        assert_eq!(
-            single.choose_joint(&[&trees[2]]),
-            vec![plain.choose(&trees[2])]
-        );
+        assert_eq!(single.choose_joint(&[&trees[2]]), vec![plain.choose(&trees[2])]);
     }
 }

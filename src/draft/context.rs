@@ -14,11 +14,7 @@ pub struct ContextDrafter {
 
 impl Default for ContextDrafter {
     fn default() -> Self {
-        ContextDrafter {
-            max_match: 16,
-            min_match: 1,
-            max_candidates: 8,
-        }
+        ContextDrafter { max_match: 16, min_match: 1, max_candidates: 8 }
     }
 }
 
@@ -87,10 +83,7 @@ impl Proposer for ContextDrafter {
             // token: a continuation that followed one of many is less likely than one that
             // followed all of them.
             let peers = matches.partition_point(|&(mj, _)| mj >= m);
-            let agree = matches[..peers]
-                .iter()
-                .filter(|&&(_, j)| context[j] == tokens[0])
-                .count();
+            let agree = matches[..peers].iter().filter(|&&(_, j)| context[j] == tokens[0]).count();
             scores[0] *= 0.5 + 0.5 * agree as f64 / peers as f64;
             out.push(Candidate { tokens, scores });
         }
@@ -108,16 +101,8 @@ mod tests {
         //          a  b  c  a  b  c  a  b
         let ctx = [1, 2, 3, 1, 2, 3, 1, 2];
         let c = d.propose(&ctx, 7);
-        assert_eq!(
-            c[0].tokens,
-            vec![3, 1, 2, 3, 1, 2, 3],
-            "the loop of period 3 goes on"
-        );
-        assert!(
-            c[0].scores.windows(2).all(|w| w[0] < w[1]),
-            "{:?}",
-            c[0].scores
-        );
+        assert_eq!(c[0].tokens, vec![3, 1, 2, 3, 1, 2, 3], "the loop of period 3 goes on");
+        assert!(c[0].scores.windows(2).all(|w| w[0] < w[1]), "{:?}", c[0].scores);
     }
 
     #[test]
@@ -126,28 +111,15 @@ mod tests {
         //          a  b  c  d  x  a  b  c  e  y  a  b  c
         let ctx = [1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3];
         let c = d.propose(&ctx, 3);
-        assert_eq!(
-            c[0].tokens,
-            vec![5, 8, 1],
-            "most recent of the equally long matches first"
-        );
+        assert_eq!(c[0].tokens, vec![5, 8, 1], "most recent of the equally long matches first");
         assert_eq!(c[1].tokens, vec![4, 9, 1]);
-        assert!(c
-            .iter()
-            .all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
-        assert!(
-            c[0].scores.windows(2).all(|w| w[0] < w[1]),
-            "deeper tokens of a copy are surer: {:?}",
-            c[0].scores
-        );
+        assert!(c.iter().all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
+        assert!(c[0].scores.windows(2).all(|w| w[0] < w[1]), "deeper tokens of a copy are surer: {:?}", c[0].scores);
         // "7" was followed by 5 twice and by 6 once: at equal match length, 5 is the surer guess
         let c = d.propose(&[1, 7, 5, 2, 7, 6, 3, 7, 5, 4, 7], 1);
         let first = |t: u32| c.iter().find(|x| x.tokens[0] == t).unwrap().scores[0];
         assert!(first(5) > first(6), "{c:?}");
         assert!(d.propose(&[1], 4).is_empty());
-        assert!(
-            d.propose(&[1, 2, 3], 4).is_empty(),
-            "no earlier occurrence of the last token"
-        );
+        assert!(d.propose(&[1, 2, 3], 4).is_empty(), "no earlier occurrence of the last token");
     }
 }

@@ -200,10 +200,8 @@ impl Calibration {
         let fared = (self.hits[source] + PRIOR_WEIGHT) / (self.predicted[source] + PRIOR_WEIGHT);
         let sure = self.sure[source];
         let raw = (prior_of(raw, sure) * fared).min(ceiling(sure));
-        let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw)
-            / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
-        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse)
-            / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
+        let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw) / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
+        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
     }
 
     fn record(&mut self, source: usize, raw: f64, depth: usize, accepted: bool) {
@@ -263,10 +261,7 @@ impl<'a> Combined<'a> {
     }
 
     pub fn source_names(&self) -> Vec<String> {
-        self.proposers
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect()
+        self.proposers.iter().map(|p| p.name().to_string()).collect()
     }
 
     /// Per source: name, drafted and accepted tokens, and the source's own figures.
@@ -307,12 +302,10 @@ impl<'a> Combined<'a> {
             normalize_siblings(&mut nodes, &children);
         }
         // Best first by path probability; a child never beats its parent, so parents come first.
-        let mut open: Vec<(f64, usize, Option<usize>)> =
-            roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
+        let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
         let mut ranked = Ranked::default();
         while ranked.tree.len() < max_nodes {
-            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0))
-            else {
+            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else {
                 break;
             };
             let (p, n, parent) = open.swap_remove(best);
@@ -321,12 +314,7 @@ impl<'a> Combined<'a> {
             ranked.path_p.push(p);
             ranked.raw.push(nodes[n].raw);
             ranked.seconders.push(nodes[n].seconders.clone());
-            open.extend(
-                nodes[n]
-                    .children
-                    .iter()
-                    .map(|&c| (p * nodes[c].q, c, Some(id))),
-            );
+            open.extend(nodes[n].children.iter().map(|&c| (p * nodes[c].q, c, Some(id))));
         }
         ranked
     }
@@ -347,8 +335,7 @@ impl<'a> Combined<'a> {
             // unrecorded is judged mostly on the tokens it proposes alone, its failures.
             for (s, raw) in ranked.proposers(node) {
                 if (s as usize) < sources {
-                    self.calibration
-                        .record(s as usize, raw, tree.depth(node), accepted[node]);
+                    self.calibration.record(s as usize, raw, tree.depth(node), accepted[node]);
                 }
             }
         }
@@ -361,13 +348,10 @@ impl<'a> Combined<'a> {
             // source's rate at that depth for its best candidates too.
             let mut judged: Vec<SourceId> = Vec::new();
             for sh in ranked.shadow.iter().filter(|sh| sh.parent == last) {
-                for (s, raw) in
-                    std::iter::once((sh.source, sh.raw)).chain(sh.seconders.iter().copied())
-                {
+                for (s, raw) in std::iter::once((sh.source, sh.raw)).chain(sh.seconders.iter().copied()) {
                     if (s as usize) < sources && !judged.contains(&s) {
                         judged.push(s);
-                        self.calibration
-                            .record(s as usize, raw, depth, sh.token == chosen);
+                        self.calibration.record(s as usize, raw, depth, sh.token == chosen);
                     }
                 }
             }
@@ -475,9 +459,7 @@ impl Ranked {
     /// Every source that proposed `node`, with its raw estimate: the tree's source first.
     pub fn proposers(&self, node: usize) -> impl Iterator<Item = (SourceId, f64)> + '_ {
         let first = self.raw.get(node).map(|&raw| (self.tree.source(node), raw));
-        first
-            .into_iter()
-            .chain(self.seconders.get(node).into_iter().flatten().copied())
+        first.into_iter().chain(self.seconders.get(node).into_iter().flatten().copied())
     }
 
     /// Keep the best `keep` nodes (a child never comes before its parent); the cut-off children
@@ -521,11 +503,7 @@ impl Ranked {
 }
 
 /// Add a step's draft and accepted tokens to `stats`, per source; returns which nodes were accepted.
-pub fn count_by_source(
-    tree: &DraftTree,
-    outcome: &StepOutcome,
-    stats: &mut [SourceStats],
-) -> Vec<bool> {
+pub fn count_by_source(tree: &DraftTree, outcome: &StepOutcome, stats: &mut [SourceStats]) -> Vec<bool> {
     let mut accepted = vec![false; tree.len()];
     for &n in &outcome.accepted {
         accepted[n] = true;
@@ -558,16 +536,9 @@ impl Drafter for Combined<'_> {
 
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
         let mut ranked = self.rank(context, budget);
-        let keep = self
-            .budget
-            .as_mut()
-            .map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
+        let keep = self.budget.as_mut().map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
         ranked.truncate(keep);
-        tracing::debug!(
-            nodes = keep,
-            expected = ranked.path_p.iter().sum::<f64>(),
-            "draft"
-        );
+        tracing::debug!(nodes = keep, expected = ranked.path_p.iter().sum::<f64>(), "draft");
         self.budgets.push(keep);
         let tree = ranked.tree.clone();
         self.last = ranked;
@@ -618,14 +589,7 @@ mod tests {
     fn limit_leaves_keeps_a_prefix_with_at_most_that_many_paths() {
         let mut r = Ranked::default();
         // 0 and 1 are roots; 2 under 0; 3 under 0; 4 under 2; 5 under 1
-        for (parent, token) in [
-            (None, 1),
-            (None, 2),
-            (Some(0), 3),
-            (Some(0), 4),
-            (Some(2), 5),
-            (Some(1), 6),
-        ] {
+        for (parent, token) in [(None, 1), (None, 2), (Some(0), 3), (Some(0), 4), (Some(2), 5), (Some(1), 6)] {
             r.tree.push(parent, token, 0);
             r.path_p.push(0.5);
             r.raw.push(0.5);
@@ -633,26 +597,15 @@ mod tests {
         for max in 1..=4 {
             let mut cut = r.clone();
             cut.limit_leaves(max);
-            assert!(
-                cut.tree.leaves().len() <= max,
-                "{max}: {}",
-                cut.tree.leaves().len()
-            );
+            assert!(cut.tree.leaves().len() <= max, "{max}: {}", cut.tree.leaves().len());
             // brute force: a prefix's path count never falls as it grows; keep all before the first over
             let first_over = (0..=r.tree.len()).find(|&k| {
                 let mut t = r.tree.clone();
                 t.truncate(k);
                 t.leaves().len() > max
             });
-            assert_eq!(
-                cut.tree.len(),
-                first_over.map_or(r.tree.len(), |k| k - 1),
-                "{max}"
-            );
-            assert_eq!(
-                (cut.path_p.len(), cut.raw.len()),
-                (cut.tree.len(), cut.tree.len())
-            );
+            assert_eq!(cut.tree.len(), first_over.map_or(r.tree.len(), |k| k - 1), "{max}");
+            assert_eq!((cut.path_p.len(), cut.raw.len()), (cut.tree.len(), cut.tree.len()));
         }
     }
 
@@ -664,10 +617,7 @@ mod tests {
             c.record(0, 0.6, 1, false);
         }
         let after_four = c.p(0, 0.6, 1);
-        assert!(
-            after_four < before && after_four > before / 3.0,
-            "{before} → {after_four}"
-        );
+        assert!(after_four < before && after_four > before / 3.0, "{before} → {after_four}");
         for _ in 0..36 {
             c.record(0, 0.6, 1, false);
         }
@@ -694,17 +644,12 @@ mod tests {
     #[test]
     fn shadow_nodes_teach_the_calibration_without_being_verified() {
         // two sources propose different first tokens; steps verify nothing (budget 0)
-        let proposers: Vec<Box<dyn Proposer>> = vec![
-            Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.5)])),
-            Box::new(Fixed(vec![Candidate::uniform(vec![7], 0.5)])),
-        ];
+        let proposers: Vec<Box<dyn Proposer>> =
+            vec![Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.5)])), Box::new(Fixed(vec![Candidate::uniform(vec![7], 0.5)]))];
         let mut c = Combined::new(proposers);
         let first_p = |c: &mut Combined, token: u32| {
             let r = c.rank(&[0], 8);
-            (0..r.tree.len())
-                .find(|&n| r.tree.token(n) == token && r.tree.parent(n).is_none())
-                .map(|n| r.path_p[n])
-                .unwrap()
+            (0..r.tree.len()).find(|&n| r.tree.token(n) == token && r.tree.parent(n).is_none()).map(|n| r.path_p[n]).unwrap()
         };
         let (five, seven) = (first_p(&mut c, 5), first_p(&mut c, 7));
         for _ in 0..10 {
@@ -715,24 +660,11 @@ mod tests {
             shadow.sort();
             assert_eq!(shadow, vec![5, 7]);
             // the model chose 5: source 0 was right, source 1 wrong
-            let out = StepOutcome {
-                emitted: vec![5],
-                accepted: vec![],
-                margins: vec![1.0],
-                batch_tokens: 1,
-            };
+            let out = StepOutcome { emitted: vec![5], accepted: vec![], margins: vec![1.0], batch_tokens: 1 };
             c.observe_ranked(&r, &out);
         }
-        assert!(
-            first_p(&mut c, 5) > five + 0.2,
-            "{five} → {}",
-            first_p(&mut c, 5)
-        );
-        assert!(
-            first_p(&mut c, 7) < seven / 2.0,
-            "{seven} → {}",
-            first_p(&mut c, 7)
-        );
+        assert!(first_p(&mut c, 5) > five + 0.2, "{five} → {}", first_p(&mut c, 5));
+        assert!(first_p(&mut c, 7) < seven / 2.0, "{seven} → {}", first_p(&mut c, 7));
         // nothing was drafted, so nothing counts as drafted
         assert_eq!((c.stats[0].drafted, c.stats[1].drafted), (0, 0));
     }
@@ -740,51 +672,31 @@ mod tests {
     #[test]
     fn every_source_that_proposed_a_node_is_judged_on_it() {
         // both propose 5 first; source 0's estimate is the higher, so the tree credits it
-        let proposers: Vec<Box<dyn Proposer>> = vec![
-            Box::new(Fixed(vec![Candidate::uniform(vec![5], 0.9)])),
-            Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.3)])),
-        ];
+        let proposers: Vec<Box<dyn Proposer>> =
+            vec![Box::new(Fixed(vec![Candidate::uniform(vec![5], 0.9)])), Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.3)]))];
         let mut c = Combined::new(proposers);
         let before = c.calibration.p(1, 0.3, 1);
         for _ in 0..20 {
             let mut r = c.rank(&[0], 8);
-            assert_eq!(
-                (r.tree.source(0), r.proposers(0).collect::<Vec<_>>()),
-                (0, vec![(0, 0.9), (1, 0.3)])
-            );
+            assert_eq!((r.tree.source(0), r.proposers(0).collect::<Vec<_>>()), (0, vec![(0, 0.9), (1, 0.3)]));
             r.truncate(1);
             // 5 accepted; 6, cut off below it, was right too
-            let out = StepOutcome {
-                emitted: vec![5, 6],
-                accepted: vec![0],
-                margins: vec![1.0, 1.0],
-                batch_tokens: 2,
-            };
+            let out = StepOutcome { emitted: vec![5, 6], accepted: vec![0], margins: vec![1.0, 1.0], batch_tokens: 2 };
             c.observe_ranked(&r, &out);
         }
         // source 1 learnt from the node it shared (its p at depth 1 climbs) and from its shadow at depth 2
-        assert!(
-            c.calibration.p(1, 0.3, 1) > before + 0.3,
-            "{before} → {}",
-            c.calibration.p(1, 0.3, 1)
-        );
+        assert!(c.calibration.p(1, 0.3, 1) > before + 0.3, "{before} → {}", c.calibration.p(1, 0.3, 1));
         assert_eq!(c.calibration.source_reached[1][depth_bin(1)], 20);
         assert_eq!(c.calibration.source_reached[1][depth_bin(2)], 20);
         // the tree's counts credit the node to the source it was drafted under
-        assert_eq!(
-            (c.stats[0].drafted, c.stats[0].accepted, c.stats[1].drafted),
-            (20, 20, 0)
-        );
+        assert_eq!((c.stats[0].drafted, c.stats[0].accepted, c.stats[1].drafted), (20, 20, 0));
     }
 
     #[test]
     fn merges_best_first_within_budget() {
         let mut c = Combined::new(vec![Box::new(Fixed(vec![
             Candidate::uniform(vec![1, 2, 3], 0.9),
-            Candidate {
-                tokens: vec![1, 2, 4],
-                scores: vec![0.9, 0.9, 0.5],
-            },
+            Candidate { tokens: vec![1, 2, 4], scores: vec![0.9, 0.9, 0.5] },
             Candidate::uniform(vec![7, 8], 0.1),
         ]))]);
         let t = c.draft(&[0], 4);
@@ -793,12 +705,7 @@ mod tests {
         assert_eq!(t.path(3), vec![1, 2, 4]);
         let t = c.draft(&[0], 10);
         assert_eq!(t.len(), 6);
-        let out = StepOutcome {
-            emitted: vec![1, 2, 9],
-            accepted: vec![0, 1],
-            margins: vec![],
-            batch_tokens: 7,
-        };
+        let out = StepOutcome { emitted: vec![1, 2, 9], accepted: vec![0, 1], margins: vec![], batch_tokens: 7 };
         c.observe(&t, &out);
         assert_eq!((c.stats[0].drafted, c.stats[0].accepted), (6, 2));
     }

@@ -56,11 +56,7 @@ impl NgramCounts {
 
     /// The followers of the longest n-gram ending `tokens` that has at least `min_total`
     /// occurrences with a successor, with the n used and that total.
-    fn followers(
-        &self,
-        tokens: &[u32],
-        min_total: &[u32; MAX_N],
-    ) -> Option<(usize, u32, &[(u32, u32)])> {
+    fn followers(&self, tokens: &[u32], min_total: &[u32; MAX_N]) -> Option<(usize, u32, &[(u32, u32)])> {
         (1..=MAX_N.min(tokens.len())).rev().find_map(|n| {
             let f = self.next.get(&key(&tokens[tokens.len() - n..]))?;
             let total: u32 = f.iter().map(|&(_, c)| c).sum();
@@ -87,13 +83,7 @@ pub struct NgramDrafter {
 
 impl Default for NgramDrafter {
     fn default() -> Self {
-        NgramDrafter {
-            tables: Vec::new(),
-            clock: 0,
-            min_total: [3, 2, 1, 1],
-            first_alternatives: 2,
-            min_path: 0.05,
-        }
+        NgramDrafter { tables: Vec::new(), clock: 0, min_total: [3, 2, 1, 1], first_alternatives: 2, min_path: 0.05 }
     }
 }
 
@@ -109,24 +99,15 @@ impl NgramDrafter {
     /// brought up to date; a new table (or the least recently used one, cleared) otherwise.
     fn counts_for(&mut self, context: &[u32]) -> &NgramCounts {
         self.clock += 1;
-        let extends = self
-            .tables
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, t))| context.starts_with(&t.seen));
-        let i = match extends
-            .max_by_key(|(_, (_, t))| t.seen.len())
-            .map(|(i, _)| i)
-        {
+        let extends = self.tables.iter().enumerate().filter(|(_, (_, t))| context.starts_with(&t.seen));
+        let i = match extends.max_by_key(|(_, (_, t))| t.seen.len()).map(|(i, _)| i) {
             Some(i) => i,
             None if self.tables.len() < MAX_TABLES => {
                 self.tables.push((0, NgramCounts::default()));
                 self.tables.len() - 1
             }
             None => {
-                let lru = (0..self.tables.len())
-                    .min_by_key(|&i| self.tables[i].0)
-                    .unwrap_or(0);
+                let lru = (0..self.tables.len()).min_by_key(|&i| self.tables[i].0).unwrap_or(0);
                 self.tables[lru].1 = NgramCounts::default();
                 lru
             }
@@ -144,17 +125,11 @@ impl Proposer for NgramDrafter {
     }
 
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
-        let (min_total, alternatives, min_path) =
-            (self.min_total, self.first_alternatives, self.min_path);
+        let (min_total, alternatives, min_path) = (self.min_total, self.first_alternatives, self.min_path);
         let counts = self.counts_for(context);
-        let Some((n, total, first)) = counts.followers(context, &min_total) else {
-            return Vec::new();
-        };
-        let firsts: Vec<(u32, f64)> = first
-            .iter()
-            .take(alternatives)
-            .map(|&(t, c)| (t, estimate(c, total, n)))
-            .collect();
+        let Some((n, total, first)) = counts.followers(context, &min_total) else { return Vec::new() };
+        let firsts: Vec<(u32, f64)> =
+            first.iter().take(alternatives).map(|&(t, c)| (t, estimate(c, total, n))).collect();
         let mut out = Vec::new();
         // Lookups see at most the last MAX_N tokens: the context's tail, then the chain.
         let tail = &context[context.len().saturating_sub(MAX_N)..];
@@ -162,15 +137,10 @@ impl Proposer for NgramDrafter {
         for (token, score) in firsts {
             extended.truncate(tail.len());
             extended.push(token);
-            let mut cand = Candidate {
-                tokens: vec![token],
-                scores: vec![score],
-            };
+            let mut cand = Candidate { tokens: vec![token], scores: vec![score] };
             let mut path = score;
             while cand.tokens.len() < max_depth {
-                let Some((n, total, f)) = counts.followers(&extended, &min_total) else {
-                    break;
-                };
+                let Some((n, total, f)) = counts.followers(&extended, &min_total) else { break };
                 let (t, c) = f[0];
                 let p = estimate(c, total, n);
                 path *= p;
@@ -207,9 +177,7 @@ mod tests {
         let mut state = 7u64;
         let tokens: Vec<u32> = (0..400)
             .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (state >> 60) as u32 % 5
             })
             .collect();
@@ -234,22 +202,14 @@ mod tests {
     #[test]
     fn chains_follow_the_majority_one_token_at_a_time() {
         // only single tokens as context
-        let mut d = NgramDrafter {
-            min_total: [1, 99, 99, 99],
-            ..NgramDrafter::default()
-        };
+        let mut d = NgramDrafter { min_total: [1, 99, 99, 99], ..NgramDrafter::default() };
         // after 1 comes 2 (three times) or 3 (once); after 2 comes 4; after 4 comes 1
         let ctx = [1, 2, 4, 1, 2, 4, 1, 3, 4, 1, 2, 4, 1];
         let c = d.propose(&ctx, 5);
         assert_eq!(c[0].tokens[..3], [2, 4, 1], "{c:?}");
-        assert_eq!(
-            c[1].tokens[0], 3,
-            "the runner-up first token is an alternative"
-        );
+        assert_eq!(c[1].tokens[0], 3, "the runner-up first token is an alternative");
         assert!(c[0].scores[0] > c[1].scores[0]);
-        assert!(c
-            .iter()
-            .all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
+        assert!(c.iter().all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
         // nothing is drafted from an n-gram seen too rarely
         let mut strict = NgramDrafter::default();
         assert!(strict.propose(&[5, 6, 5], 4).is_empty());
@@ -257,10 +217,7 @@ mod tests {
 
     #[test]
     fn contexts_drafted_in_turn_keep_their_own_counts() {
-        let mut d = NgramDrafter {
-            min_total: [1, 99, 99, 99],
-            ..NgramDrafter::default()
-        };
+        let mut d = NgramDrafter { min_total: [1, 99, 99, 99], ..NgramDrafter::default() };
         let a = [1, 2, 1, 2, 1];
         let b = [1, 3, 1, 3, 1];
         for step in 0..3 {
@@ -275,9 +232,6 @@ mod tests {
             d.propose(&[t, t, t], 1);
         }
         assert_eq!(d.tables.len(), MAX_TABLES);
-        assert!(
-            d.tables.iter().all(|(_, t)| t.seen[0] >= 10),
-            "the first two were the least recently used"
-        );
+        assert!(d.tables.iter().all(|(_, t)| t.seen[0] >= 10), "the first two were the least recently used");
     }
 }

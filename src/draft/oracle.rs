@@ -11,10 +11,7 @@ pub struct OracleDrafter {
 impl OracleDrafter {
     /// `prompt_len` tokens of prompt (BOS included) are followed by `reference`.
     pub fn new(prompt_len: usize, reference: Vec<u32>) -> Self {
-        OracleDrafter {
-            prompt_len,
-            reference,
-        }
+        OracleDrafter { prompt_len, reference }
     }
 }
 
@@ -33,26 +30,19 @@ impl Proposer for OracleDrafter {
         // the next one. While the output follows the reference that is `reference[generated]`;
         // after a divergence (a near-tie decided the other way) drafting resumes after the
         // latest place in the reference where the last tokens match.
-        let Some(generated) = context.len().checked_sub(self.prompt_len) else {
-            return Vec::new();
-        };
+        let Some(generated) = context.len().checked_sub(self.prompt_len) else { return Vec::new() };
         let output = &context[self.prompt_len..];
         let from = if self.reference.get(..generated) == Some(output) {
             Some(generated)
         } else {
             (1..=output.len().min(8)).rev().find_map(|m| {
                 let tail = &output[output.len() - m..];
-                (m..=self.reference.len())
-                    .rev()
-                    .find(|&end| self.reference[end - m..end] == *tail)
+                (m..=self.reference.len()).rev().find(|&end| self.reference[end - m..end] == *tail)
             })
         };
         match from {
             Some(f) if f < self.reference.len() => {
-                vec![Candidate::uniform(
-                    self.reference[f..(f + max_depth).min(self.reference.len())].to_vec(),
-                    1.0,
-                )]
+                vec![Candidate::uniform(self.reference[f..(f + max_depth).min(self.reference.len())].to_vec(), 1.0)]
             }
             _ => Vec::new(),
         }

@@ -31,11 +31,7 @@ pub struct RecycleMatrix {
 impl RecycleMatrix {
     /// An empty matrix (every row empty).
     pub fn new(vocab: usize, k: usize) -> Self {
-        RecycleMatrix {
-            k,
-            vocab,
-            next: vec![EMPTY; vocab * k],
-        }
+        RecycleMatrix { k, vocab, next: vec![EMPTY; vocab * k] }
     }
 
     pub fn k(&self) -> usize {
@@ -93,10 +89,7 @@ impl RecycleMatrix {
                         let mut out: Vec<(u32, u32, u64)> = Vec::new();
                         for rank in c * chunk..((c + 1) * chunk).min(n) {
                             let p = shard.pointer(rank);
-                            let (Some(a), Some(b)) = (shard.token_at(p), shard.token_at(p + w))
-                            else {
-                                continue;
-                            };
+                            let (Some(a), Some(b)) = (shard.token_at(p), shard.token_at(p + w)) else { continue };
                             if a == sep || b == sep || a as usize >= vocab || b as usize >= vocab {
                                 continue;
                             }
@@ -151,32 +144,22 @@ impl RecycleMatrix {
     /// checked before any row is trusted.
     pub fn load(path: &Path, vocab: usize, k: usize, identity: &str) -> Result<Self> {
         let bytes = std::fs::read(path).at(path)?;
-        let bad = |reason: String| Error::Unusable {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| Error::Unusable { path: path.to_path_buf(), reason };
         let header = 8 + 24;
         if bytes.len() < header + 8 || &bytes[..8] != MAGIC {
             return Err(bad("not a recycling matrix".into()));
         }
-        let word = |i: usize| {
-            u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"))
-        };
+        let word = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
         let (file_vocab, file_k, id_len) = (word(0), word(1), word(2));
         if file_vocab != vocab as u64 || file_k != k as u64 {
-            return Err(bad(format!(
-                "made for {file_vocab} tokens × {file_k}, not {vocab} × {k}"
-            )));
+            return Err(bad(format!("made for {file_vocab} tokens × {file_k}, not {vocab} × {k}")));
         }
         let expected = (header as u64)
             .checked_add(id_len)
             .and_then(|n| n.checked_add(vocab as u64 * k as u64 * 4 + 8))
             .ok_or_else(|| bad("impossible sizes".into()))?;
         if bytes.len() as u64 != expected {
-            return Err(bad(format!(
-                "{} bytes where {expected} were expected (truncated?)",
-                bytes.len()
-            )));
+            return Err(bad(format!("{} bytes where {expected} were expected (truncated?)", bytes.len())));
         }
         let body = &bytes[..bytes.len() - 8];
         let sum = u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("8 bytes"));
@@ -251,21 +234,14 @@ pub fn open_matrix(
         Err(e) => Some(e),
     };
     match index {
-        Some(ix) => (
-            RecycleMatrix::from_index(ix, vocab, k),
-            MatrixOrigin::FromIndex,
-            problem,
-        ),
+        Some(ix) => (RecycleMatrix::from_index(ix, vocab, k), MatrixOrigin::FromIndex, problem),
         None => (RecycleMatrix::new(vocab, k), MatrixOrigin::Empty, problem),
     }
 }
 
 /// The ids of the `k` largest values, largest first (ties: smaller id first).
 pub fn top_k_ids(values: &[f32], k: usize) -> Vec<u32> {
-    crate::verify::sampling::top_k(values, k)
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect()
+    crate::verify::sampling::top_k(values, k).into_iter().map(|(id, _)| id).collect()
 }
 
 /// Drafts from a [`RecycleMatrix`] and keeps it current from the verifier's logits.
@@ -288,26 +264,13 @@ pub struct RecycleDrafter {
 impl RecycleDrafter {
     pub fn new(matrix: RecycleMatrix) -> Self {
         let k = matrix.k();
-        RecycleDrafter {
-            matrix,
-            max_nodes: 24,
-            reached: vec![0; k],
-            accepted: vec![0; k],
-            proposed: HashMap::new(),
-            updates: 0,
-            origin: None,
-            save_to: None,
-        }
+        RecycleDrafter { matrix, max_nodes: 24, reached: vec![0; k], accepted: vec![0; k], proposed: HashMap::new(), updates: 0, origin: None, save_to: None }
     }
 
     /// The drafter for `model` (and `index`): its saved matrix, else one warmed from the index,
     /// else an empty one. With `save`, the matrix is written back by [`Proposer::finish`]. A saved
     /// file that could not be used comes back as the second value (it will be replaced).
-    pub fn for_model(
-        model: &crate::model::Model,
-        index: Option<&Index>,
-        save: bool,
-    ) -> (Self, Option<Error>) {
+    pub fn for_model(model: &crate::model::Model, index: Option<&Index>, save: bool) -> (Self, Option<Error>) {
         use crate::tokenize::Tokenizer;
         let vocab_hash = model.tokenizer().identity().vocab_hash.clone();
         let dir = index.map_or_else(crate::calibrate::cache_dir, |ix| ix.dir.clone());
@@ -348,9 +311,7 @@ impl PartialOrd for Open {
 
 impl Ord for Open {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.path.cmp(&self.path))
+        self.score.total_cmp(&other.score).then_with(|| other.path.cmp(&self.path))
     }
 }
 
@@ -361,26 +322,15 @@ impl Proposer for RecycleDrafter {
 
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate> {
         self.proposed.clear();
-        let Some(&last) = context.last() else {
-            return Vec::new();
-        };
+        let Some(&last) = context.last() else { return Vec::new() };
         let mut heap = BinaryHeap::new();
         for (r, &t) in self.matrix.row(last).iter().enumerate() {
-            heap.push(Open {
-                score: self.p_rank(r),
-                path: vec![t],
-                scores: vec![self.p_rank(r)],
-            });
+            heap.push(Open { score: self.p_rank(r), path: vec![t], scores: vec![self.p_rank(r)] });
             self.proposed.insert(vec![t], r);
         }
         let mut out = Vec::new();
         // Best first: a node comes out after its parent, since scores only fall along a path.
-        while let Some(Open {
-            score,
-            path,
-            scores,
-        }) = heap.pop()
-        {
+        while let Some(Open { score, path, scores }) = heap.pop() {
             if out.len() >= self.max_nodes {
                 break;
             }
@@ -392,17 +342,10 @@ impl Proposer for RecycleDrafter {
                     self.proposed.entry(child.clone()).or_insert(r);
                     let mut child_scores = scores.clone();
                     child_scores.push(self.p_rank(r));
-                    heap.push(Open {
-                        score: score * self.p_rank(r),
-                        path: child,
-                        scores: child_scores,
-                    });
+                    heap.push(Open { score: score * self.p_rank(r), path: child, scores: child_scores });
                 }
             }
-            out.push(Candidate {
-                tokens: path,
-                scores,
-            });
+            out.push(Candidate { tokens: path, scores });
         }
         out
     }
@@ -459,9 +402,7 @@ mod tests {
         for n in [0usize, 1, 5, 63, 64, 65, 255, 256, 257, 1000, 4099] {
             let v: Vec<f32> = (0..n)
                 .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     ((x >> 40) % 200) as f32 / 7.0 - 10.0
                 })
                 .collect();
@@ -495,11 +436,7 @@ mod tests {
         d.max_nodes = 3;
         let c = d.propose(&[7, 1], 4);
         let paths: Vec<Vec<u32>> = c.iter().map(|c| c.tokens.clone()).collect();
-        assert_eq!(
-            paths,
-            vec![vec![2], vec![3], vec![2, 4]],
-            "0.4, 0.2, then 0.4 × 0.4"
-        );
+        assert_eq!(paths, vec![vec![2], vec![3], vec![2, 4]], "0.4, 0.2, then 0.4 × 0.4");
         assert!(c.windows(2).all(|w| w[0].path_score() >= w[1].path_score()));
         // the model accepted 2 then 4: rank 0 at depth 1 and 2
         let mut tree = DraftTree::new();
@@ -507,16 +444,7 @@ mod tests {
         tree.push(Some(a), 4, 0);
         tree.push(None, 3, 0);
         let before = d.p_rank(0);
-        d.observe(
-            &tree,
-            &StepOutcome {
-                emitted: vec![2, 4, 6],
-                accepted: vec![0, 1],
-                margins: vec![],
-                batch_tokens: 4,
-            },
-            0,
-        );
+        d.observe(&tree, &StepOutcome { emitted: vec![2, 4, 6], accepted: vec![0, 1], margins: vec![], batch_tokens: 4 }, 0);
         assert!(d.p_rank(0) > before);
         assert!(d.p_rank(1) < 0.2 + 1e-9);
     }
@@ -529,31 +457,16 @@ mod tests {
         m.update_from_logits(3, &(0..50).map(|i| (i % 7) as f32).collect::<Vec<_>>());
         m.save(&path, "id-a").unwrap();
         assert_eq!(RecycleMatrix::load(&path, 50, 4, "id-a").unwrap(), m);
-        assert!(matches!(
-            RecycleMatrix::load(&path, 50, 4, "id-b"),
-            Err(Error::Unusable { .. })
-        ));
-        assert!(matches!(
-            RecycleMatrix::load(&path, 51, 4, "id-a"),
-            Err(Error::Unusable { .. })
-        ));
+        assert!(matches!(RecycleMatrix::load(&path, 50, 4, "id-b"), Err(Error::Unusable { .. })));
+        assert!(matches!(RecycleMatrix::load(&path, 51, 4, "id-a"), Err(Error::Unusable { .. })));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        assert!(matches!(
-            RecycleMatrix::load(&path, 50, 4, "id-a"),
-            Err(Error::Unusable { .. })
-        ));
+        assert!(matches!(RecycleMatrix::load(&path, 50, 4, "id-a"), Err(Error::Unusable { .. })));
         let mut flipped = bytes.clone();
         flipped[60] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(
-            RecycleMatrix::load(&path, 50, 4, "id-a"),
-            Err(Error::Unusable { .. })
-        ));
+        assert!(matches!(RecycleMatrix::load(&path, 50, 4, "id-a"), Err(Error::Unusable { .. })));
         std::fs::write(&path, b"short").unwrap();
-        assert!(matches!(
-            RecycleMatrix::load(&path, 50, 4, "id-a"),
-            Err(Error::Unusable { .. })
-        ));
+        assert!(matches!(RecycleMatrix::load(&path, 50, 4, "id-a"), Err(Error::Unusable { .. })));
     }
 }

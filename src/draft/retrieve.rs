@@ -20,13 +20,7 @@ pub struct IndexDrafter<'i> {
 
 impl<'i> IndexDrafter<'i> {
     pub fn new(index: &'i Index) -> Self {
-        IndexDrafter {
-            index,
-            max_suffix: 16,
-            samples: 64,
-            max_candidates: 8,
-            min_suffix: 3,
-        }
+        IndexDrafter { index, max_suffix: 16, samples: 64, max_candidates: 8, min_suffix: 3 }
     }
 }
 
@@ -41,16 +35,12 @@ impl Proposer for IndexDrafter<'_> {
         if tail.iter().any(|&t| t >= sep) {
             return Vec::new();
         }
-        let Ok(len) = self.index.longest_suffix(tail) else {
-            return Vec::new();
-        };
+        let Ok(len) = self.index.longest_suffix(tail) else { return Vec::new() };
         if len == 0 || len < self.min_suffix.min(tail.len()) {
             return Vec::new();
         }
         let suffix = &tail[tail.len() - len..];
-        let Ok(found) = self.index.find(suffix) else {
-            return Vec::new();
-        };
+        let Ok(found) = self.index.find(suffix) else { return Vec::new() };
         let w = self.index.width.bytes() as u64;
         let num_bytes = len as u64 * w;
         // Count each continuation (up to max_depth tokens, stopping at a document end).
@@ -103,17 +93,10 @@ impl Proposer for IndexDrafter<'_> {
                         }
                     })
                     .collect();
-                Candidate {
-                    tokens: tokens.clone(),
-                    scores,
-                }
+                Candidate { tokens: tokens.clone(), scores }
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.path_score()
-                .total_cmp(&a.path_score())
-                .then(a.tokens.cmp(&b.tokens))
-        });
+        out.sort_by(|a, b| b.path_score().total_cmp(&a.path_score()).then(a.tokens.cmp(&b.tokens)));
         out.truncate(self.max_candidates);
         out
     }

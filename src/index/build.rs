@@ -8,16 +8,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{
-    pointer_width, BuildParams, Manifest, ShardFile, ShardManifest, FORMAT_NAME, FORMAT_VERSION,
-    LAYOUT, MANIFEST_FILE,
-};
+use super::format::{pointer_width, BuildParams, Manifest, ShardFile, ShardManifest, FORMAT_NAME, FORMAT_VERSION, LAYOUT, MANIFEST_FILE};
 use super::sa::{self, MAX_SHARD_TOKENS};
 use super::tokens::TokenBuf;
 use super::write::{write_file, Staging};
 use crate::corpus::{self, CorpusOptions, Document, DocumentStream};
 use crate::error::{Error, IoContext, Result};
-use crate::tokenize::{self, TokenWidth, Tokenizer, PIECE_TARGET_BYTES};
+use crate::tokenize::{self, Tokenizer, TokenWidth, PIECE_TARGET_BYTES};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -49,15 +46,13 @@ impl BuildOptions {
 /// Half of the machine's memory, or 4 GiB where that cannot be read. Total rather than available
 /// memory, so that the same input gives the same shards on the same machine whatever else runs.
 pub fn default_memory_budget() -> u64 {
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-        });
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        info.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
     available.map(|b| b / 2).unwrap_or(4 << 30)
 }
 
@@ -70,15 +65,10 @@ const MIN_BUDGET: u64 = 64 << 20;
 /// suffix array, after setting aside room for one batch in flight.
 pub fn shard_capacity(width: TokenWidth, memory_budget: u64, cap: Option<u64>) -> u64 {
     let batch_overhead = BATCH_BYTES as u64 * 10;
-    let usable = memory_budget
-        .max(MIN_BUDGET)
-        .saturating_sub(batch_overhead)
-        .max(MIN_BUDGET / 2);
+    let usable = memory_budget.max(MIN_BUDGET).saturating_sub(batch_overhead).max(MIN_BUDGET / 2);
     let per_token = width.bytes() as u64 + 4 + 2;
     let by_budget = usable / per_token;
-    by_budget
-        .min(cap.unwrap_or(u64::MAX))
-        .clamp(1, MAX_SHARD_TOKENS)
+    by_budget.min(cap.unwrap_or(u64::MAX)).clamp(1, MAX_SHARD_TOKENS)
 }
 
 /// Receives progress from a build; the CLI draws a bar with it.
@@ -129,8 +119,7 @@ impl ShardBuilder {
 
     fn add(&mut self, ids: &[u32], doc: &Document) {
         let width = self.tokens.width();
-        self.offsets
-            .push((self.tokens.len() * width.bytes()) as u64);
+        self.offsets.push((self.tokens.len() * width.bytes()) as u64);
         self.tokens.push(width.separator());
         self.tokens.extend(ids);
         self.metaoff.push(self.metadata.len() as u64);
@@ -167,13 +156,9 @@ impl Build<'_> {
             }
             let needed = ids.len() as u64 + 1;
             if needed > MAX_SHARD_TOKENS {
-                return Err(Error::Invalid(format!(
-                    "a document of {needed} tokens is too large for one shard"
-                )));
+                return Err(Error::Invalid(format!("a document of {needed} tokens is too large for one shard")));
             }
-            if !self.shard.tokens.is_empty()
-                && self.shard.tokens.len() as u64 + needed > self.capacity
-            {
+            if !self.shard.tokens.is_empty() && self.shard.tokens.len() as u64 + needed > self.capacity {
                 self.flush_shard()?;
             }
             self.tokens_total += needed;
@@ -185,10 +170,7 @@ impl Build<'_> {
     fn flush_shard(&mut self) -> Result<()> {
         let shard = std::mem::replace(&mut self.shard, ShardBuilder::new(self.width));
         let id = self.shards.len();
-        self.observer.stage(&format!(
-            "shard {id}: writing {} tokens",
-            shard.tokens.len()
-        ));
+        self.observer.stage(&format!("shard {id}: writing {} tokens", shard.tokens.len()));
         let dir = self.staging.path().to_path_buf();
         let t0 = Instant::now();
         let mut files = std::collections::BTreeMap::new();
@@ -200,22 +182,12 @@ impl Build<'_> {
             ShardFile::Tokenized.name(id),
             write_file(&path(ShardFile::Tokenized), |w| shard.tokens.write_le(w))?,
         );
-        files.insert(
-            ShardFile::Offset.name(id),
-            write_file(&path(ShardFile::Offset), |w| write_u64s(w, &shard.offsets))?,
-        );
-        files.insert(
-            ShardFile::Metadata.name(id),
-            write_file(&path(ShardFile::Metadata), |w| w.write_all(&shard.metadata))?,
-        );
-        files.insert(
-            ShardFile::Metaoff.name(id),
-            write_file(&path(ShardFile::Metaoff), |w| write_u64s(w, &shard.metaoff))?,
-        );
+        files.insert(ShardFile::Offset.name(id), write_file(&path(ShardFile::Offset), |w| write_u64s(w, &shard.offsets))?);
+        files.insert(ShardFile::Metadata.name(id), write_file(&path(ShardFile::Metadata), |w| w.write_all(&shard.metadata))?);
+        files.insert(ShardFile::Metaoff.name(id), write_file(&path(ShardFile::Metaoff), |w| write_u64s(w, &shard.metaoff))?);
         let write_s = t0.elapsed().as_secs_f64();
 
-        self.observer
-            .stage(&format!("shard {id}: suffix array of {n_tokens} tokens"));
+        self.observer.stage(&format!("shard {id}: suffix array of {n_tokens} tokens"));
         let t1 = Instant::now();
         let ShardBuilder { tokens, .. } = shard;
         let sa = sa::suffix_array(tokens, self.options.threads)?;
@@ -226,9 +198,7 @@ impl Build<'_> {
         let width_bytes = self.width.bytes();
         files.insert(
             ShardFile::Table.name(id),
-            write_file(&path(ShardFile::Table), |w| {
-                sa::write_table(&sa, width_bytes, ptr_width, w)
-            })?,
+            write_file(&path(ShardFile::Table), |w| sa::write_table(&sa, width_bytes, ptr_width, w))?,
         );
         self.timings.write_s += write_s + t2.elapsed().as_secs_f64();
         self.shards.push(ShardManifest {
@@ -251,12 +221,7 @@ fn write_u64s(w: &mut impl std::io::Write, values: &[u64]) -> std::io::Result<()
 }
 
 /// Build an index from `inputs` (files, folders, `-` for stdin) into `options.output`.
-pub fn build(
-    inputs: &[PathBuf],
-    tokenizer: &dyn Tokenizer,
-    options: &BuildOptions,
-    observer: &dyn BuildObserver,
-) -> Result<BuildReport> {
+pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptions, observer: &dyn BuildObserver) -> Result<BuildReport> {
     let start = Instant::now();
     if inputs.is_empty() {
         return Err(Error::Invalid("no corpus given".into()));
@@ -311,11 +276,7 @@ pub fn build(
     }
     let stats = stream.stats.clone();
     if build.shard.tokens.is_empty() && build.shards.is_empty() {
-        let inputs = inputs
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let inputs = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         return Err(Error::EmptyCorpus { inputs });
     }
     if !build.shard.tokens.is_empty() {
@@ -384,19 +345,9 @@ pub struct TableReport {
 /// Build `table.N` for every `tokenized.N` in `dir` that another tool wrote (infini-gram's
 /// `make-part`/`merge`/`concat` stages, in one step). Each table is written beside its token file
 /// under a temporary name and renamed, so a failure leaves no partial table.
-pub fn table_for_tokenized(
-    dir: &Path,
-    width: TokenWidth,
-    threads: usize,
-    force: bool,
-) -> Result<TableReport> {
+pub fn table_for_tokenized(dir: &Path, width: TokenWidth, threads: usize, force: bool) -> Result<TableReport> {
     let start = Instant::now();
-    let mut report = TableReport {
-        shards: 0,
-        tokens: 0,
-        suffix_array_s: 0.0,
-        total_s: 0.0,
-    };
+    let mut report = TableReport { shards: 0, tokens: 0, suffix_array_s: 0.0, total_s: 0.0 };
     for id in 0.. {
         let tok_path = dir.join(ShardFile::Tokenized.name(id));
         if !tok_path.exists() {
@@ -409,25 +360,12 @@ pub fn table_for_tokenized(
         let bytes = std::fs::read(&tok_path).at(&tok_path)?;
         let w = width.bytes();
         if bytes.is_empty() || bytes.len() % w != 0 {
-            return Err(Error::corrupt(
-                &tok_path,
-                format!("size {} is not a positive multiple of {w}", bytes.len()),
-            ));
+            return Err(Error::corrupt(&tok_path, format!("size {} is not a positive multiple of {w}", bytes.len())));
         }
         let tokens = match width {
             TokenWidth::U8 => TokenBuf::U8(bytes),
-            TokenWidth::U16 => TokenBuf::U16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            TokenWidth::U32 => TokenBuf::U32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
+            TokenWidth::U16 => TokenBuf::U16(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+            TokenWidth::U32 => TokenBuf::U32(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
         };
         let n = tokens.len() as u64;
         let t = Instant::now();

@@ -113,13 +113,10 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read(&path).at(&path)?;
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
         if manifest.format != FORMAT_NAME {
-            return Err(Error::corrupt(
-                &path,
-                format!("not an ibid manifest (format {:?})", manifest.format),
-            ));
+            return Err(Error::corrupt(&path, format!("not an ibid manifest (format {:?})", manifest.format)));
         }
         if manifest.format_version != FORMAT_VERSION {
             return Err(Error::corrupt(
@@ -133,17 +130,11 @@ impl Manifest {
         let docs: u64 = manifest.shards.iter().map(|s| s.documents).sum();
         let tokens: u64 = manifest.shards.iter().map(|s| s.tokens).sum();
         if docs != manifest.documents || tokens != manifest.tokens {
-            return Err(Error::corrupt(
-                &path,
-                "shard totals do not add up to the manifest totals",
-            ));
+            return Err(Error::corrupt(&path, "shard totals do not add up to the manifest totals"));
         }
         for (i, shard) in manifest.shards.iter().enumerate() {
             if shard.id != i {
-                return Err(Error::corrupt(
-                    &path,
-                    format!("shard {i} is listed as {}", shard.id),
-                ));
+                return Err(Error::corrupt(&path, format!("shard {i} is listed as {}", shard.id)));
             }
         }
         Ok(manifest)
@@ -164,16 +155,7 @@ mod tests {
     #[test]
     fn pointer_width_matches_infini_gram() {
         // ceil(log2(n) / 8) for n >= 2
-        for (n, w) in [
-            (2u64, 1),
-            (255, 1),
-            (256, 1),
-            (257, 2),
-            (65_536, 2),
-            (65_537, 3),
-            (1 << 32, 4),
-            ((1 << 32) + 1, 5),
-        ] {
+        for (n, w) in [(2u64, 1), (255, 1), (256, 1), (257, 2), (65_536, 2), (65_537, 3), (1 << 32, 4), ((1 << 32) + 1, 5)] {
             assert_eq!(pointer_width(n), w, "n={n}");
             let float = ((n as f64).log2() / 8.0).ceil() as usize;
             assert_eq!(pointer_width(n), float.max(1), "n={n}");

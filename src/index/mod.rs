@@ -14,8 +14,8 @@ pub use build::{build, BuildObserver, BuildOptions, BuildReport};
 pub use format::{Manifest, ShardFile};
 pub use open::{Index, OpenOptions, Shard};
 pub use query::{
-    CnfOptions, CountResult, DocResult, FindCnfResult, FindResult, InfgramNtdResult,
-    InfgramProbResult, NtdResult, ProbResult, SearchDocsResult, TokenCount,
+    CnfOptions, CountResult, DocResult, FindCnfResult, FindResult, InfgramNtdResult, InfgramProbResult, NtdResult, ProbResult,
+    SearchDocsResult, TokenCount,
 };
 pub use tokens::TokenBuf;
 pub use verify::VerifyReport;

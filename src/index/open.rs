@@ -86,11 +86,7 @@ impl Shard {
         // One 8-byte load and a mask where the table has 8 bytes left, else byte by byte.
         if let Some(bytes) = table.get(at..at + 8) {
             let v = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-            return if w == 8 {
-                v
-            } else {
-                v & ((1u64 << (8 * w)) - 1)
-            };
+            return if w == 8 { v } else { v & ((1u64 << (8 * w)) - 1) };
         }
         let mut le = [0u8; 8];
         le[..w].copy_from_slice(&table[at..at + w]);
@@ -107,10 +103,7 @@ impl Shard {
     #[inline]
     pub fn token_at(&self, offset: u64) -> Option<u32> {
         let w = self.width.bytes();
-        let bytes = self
-            .tokenized
-            .bytes()
-            .get(offset as usize..offset as usize + w)?;
+        let bytes = self.tokenized.bytes().get(offset as usize..offset as usize + w)?;
         let mut le = [0u8; 4];
         le[..w].copy_from_slice(bytes);
         Some(u32::from_le_bytes(le))
@@ -119,9 +112,7 @@ impl Shard {
     /// Tokens in the byte range `[start, end)`.
     pub fn tokens_between(&self, start: u64, end: u64) -> Vec<u32> {
         let w = self.width.bytes() as u64;
-        (start / w..end / w)
-            .filter_map(|i| self.token_at(i * w))
-            .collect()
+        (start / w..end / w).filter_map(|i| self.token_at(i * w)).collect()
     }
 
     /// The metadata JSON line of document `doc`, if the shard has metadata.
@@ -132,11 +123,7 @@ impl Shard {
             return None;
         }
         let start = read_u64(off.bytes(), doc as usize) as usize;
-        let end = if doc + 1 < n {
-            read_u64(off.bytes(), doc as usize + 1) as usize
-        } else {
-            meta.bytes().len()
-        };
+        let end = if doc + 1 < n { read_u64(off.bytes(), doc as usize + 1) as usize } else { meta.bytes().len() };
         let line = meta.bytes().get(start..end.max(start))?;
         Some(line.strip_suffix(b"\n").unwrap_or(line))
     }
@@ -176,24 +163,15 @@ impl Index {
     pub fn open_with(dir: impl AsRef<Path>, options: &OpenOptions) -> Result<Index> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no index folder here"),
-            ));
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no index folder here")));
         }
         let mut index = if dir.join(MANIFEST_FILE).exists() {
             open_manifest(dir, options)?
         } else {
             open_bare(dir, options)?
         };
-        let from_manifest = index
-            .manifest
-            .as_ref()
-            .and_then(|m| m.tokenizer.eos_token_id);
-        index.eos_token_id = options
-            .eos_token_id
-            .or(from_manifest)
-            .unwrap_or(index.width.separator());
+        let from_manifest = index.manifest.as_ref().and_then(|m| m.tokenizer.eos_token_id);
+        index.eos_token_id = options.eos_token_id.or(from_manifest).unwrap_or(index.width.separator());
         for shard in &index.shards {
             check_offsets(shard)?;
         }
@@ -220,12 +198,7 @@ fn open_files(dir: &Path, id: usize) -> Result<[Option<Mapped>; 5]> {
     Ok(out)
 }
 
-fn shard_from(
-    dir: &Path,
-    id: usize,
-    width: TokenWidth,
-    files: [Option<Mapped>; 5],
-) -> Result<Shard> {
+fn shard_from(dir: &Path, id: usize, width: TokenWidth, files: [Option<Mapped>; 5]) -> Result<Shard> {
     let [tokenized, table, offsets, metadata, metaoff] = files;
     let need = |m: Option<Mapped>, kind: ShardFile| {
         m.ok_or_else(|| Error::corrupt(dir, format!("{} is missing", kind.name(id))))
@@ -235,38 +208,23 @@ fn shard_from(
     let offsets = need(offsets, ShardFile::Offset)?;
     let w = width.bytes() as u64;
     if tokenized.is_empty() || tokenized.len() % w != 0 {
-        return Err(Error::corrupt(
-            &tokenized.path,
-            format!(
-                "size {} is not a positive multiple of the token width {w}",
-                tokenized.len()
-            ),
-        ));
+        return Err(Error::corrupt(&tokenized.path, format!("size {} is not a positive multiple of the token width {w}", tokenized.len())));
     }
     let ptr = pointer_width(tokenized.len());
     let tokens = tokenized.len() / w;
     if table.len() != tokens * ptr as u64 {
         return Err(Error::corrupt(
             &table.path,
-            format!(
-                "size {} does not match {tokens} tokens × {ptr}-byte pointers",
-                table.len()
-            ),
+            format!("size {} does not match {tokens} tokens × {ptr}-byte pointers", table.len()),
         ));
     }
     if offsets.is_empty() || offsets.len() % 8 != 0 {
-        return Err(Error::corrupt(
-            &offsets.path,
-            format!("size {} is not a positive multiple of 8", offsets.len()),
-        ));
+        return Err(Error::corrupt(&offsets.path, format!("size {} is not a positive multiple of 8", offsets.len())));
     }
     let (metadata, metaoff) = match (metadata, metaoff) {
         (Some(m), Some(o)) => {
             if o.len() != offsets.len() {
-                return Err(Error::corrupt(
-                    &o.path,
-                    "metadata offsets do not match the document count",
-                ));
+                return Err(Error::corrupt(&o.path, "metadata offsets do not match the document count"));
             }
             (Some(m), Some(o))
         }
@@ -296,10 +254,7 @@ fn open_manifest(dir: &Path, options: &OpenOptions) -> Result<Index> {
         }
     }
     if manifest.shards.is_empty() {
-        return Err(Error::corrupt(
-            dir.join(MANIFEST_FILE),
-            "the manifest lists no shards",
-        ));
+        return Err(Error::corrupt(dir.join(MANIFEST_FILE), "the manifest lists no shards"));
     }
     let mut shards = Vec::new();
     for entry in &manifest.shards {
@@ -308,35 +263,20 @@ fn open_manifest(dir: &Path, options: &OpenOptions) -> Result<Index> {
             let name = kind.name(entry.id);
             match (entry.files.get(&name), file) {
                 (Some(d), Some(m)) if d.bytes != m.len() => {
-                    return Err(Error::corrupt(
-                        &m.path,
-                        format!("size {} but the manifest says {}", m.len(), d.bytes),
-                    ));
+                    return Err(Error::corrupt(&m.path, format!("size {} but the manifest says {}", m.len(), d.bytes)));
                 }
                 (Some(_), None) => return Err(Error::corrupt(dir, format!("{name} is missing"))),
                 _ => {}
             }
         }
         let shard = shard_from(dir, entry.id, manifest.token_width, files)?;
-        if shard.tokens() != entry.tokens
-            || shard.documents() != entry.documents
-            || shard.pointer_width != entry.pointer_width
-        {
-            return Err(Error::corrupt(
-                dir,
-                format!("shard {} does not match its manifest entry", entry.id),
-            ));
+        if shard.tokens() != entry.tokens || shard.documents() != entry.documents || shard.pointer_width != entry.pointer_width {
+            return Err(Error::corrupt(dir, format!("shard {} does not match its manifest entry", entry.id)));
         }
         shards.push(shard);
     }
-    if dir
-        .join(ShardFile::Tokenized.name(manifest.shards.len()))
-        .exists()
-    {
-        return Err(Error::corrupt(
-            dir,
-            "there are more shards on disk than the manifest lists",
-        ));
+    if dir.join(ShardFile::Tokenized.name(manifest.shards.len())).exists() {
+        return Err(Error::corrupt(dir, "there are more shards on disk than the manifest lists"));
     }
     Ok(Index {
         dir: dir.to_path_buf(),
@@ -379,17 +319,11 @@ fn open_bare(dir: &Path, options: &OpenOptions) -> Result<Index> {
             Some(w) => w,
             None => {
                 let (Some(tok), Some(table)) = (&files[0], &files[1]) else {
-                    return Err(Error::corrupt(
-                        dir,
-                        format!("shard {id} lacks its token file or suffix array"),
-                    ));
+                    return Err(Error::corrupt(dir, format!("shard {id} lacks its token file or suffix array")));
                 };
                 let candidates = candidate_widths(tok, table);
                 *candidates.first().ok_or_else(|| {
-                    Error::corrupt(
-                        &tok.path,
-                        "no token width fits the sizes of the token file and suffix array",
-                    )
+                    Error::corrupt(&tok.path, "no token width fits the sizes of the token file and suffix array")
                 })?
             }
         };
@@ -397,10 +331,7 @@ fn open_bare(dir: &Path, options: &OpenOptions) -> Result<Index> {
         shards.push(shard_from(dir, id, w, files)?);
     }
     let Some(width) = width.filter(|_| !shards.is_empty()) else {
-        return Err(Error::corrupt(
-            dir,
-            format!("neither {MANIFEST_FILE} nor tokenized.0 is here"),
-        ));
+        return Err(Error::corrupt(dir, format!("neither {MANIFEST_FILE} nor tokenized.0 is here")));
     };
     Ok(Index {
         dir: dir.to_path_buf(),
@@ -424,18 +355,12 @@ fn check_offsets(shard: &Shard) -> Result<()> {
             Some(p) => off > p,
         };
         if !ok_order || off >= size || off % w != 0 {
-            return Err(Error::corrupt(
-                &shard.offsets.path,
-                format!("document {d} has an invalid offset {off}"),
-            ));
+            return Err(Error::corrupt(&shard.offsets.path, format!("document {d} has an invalid offset {off}")));
         }
         if shard.token_at(off) != Some(sep) {
             return Err(Error::corrupt(
                 &shard.offsets.path,
-                format!(
-                    "document {d} starts at byte {off} of {}, which is not a separator",
-                    shard.tokenized.path.display()
-                ),
+                format!("document {d} starts at byte {off} of {}, which is not a separator", shard.tokenized.path.display()),
             ));
         }
         prev = Some(off);

@@ -58,8 +58,7 @@ pub fn suffix_array(tokens: TokenBuf, threads: usize) -> Result<Vec<i32>> {
                 .in_owned_buffer32()
                 .multi_threaded(threads);
             // SAFETY: rank_compress yields values in 0..alphabet, none negative.
-            let construction =
-                unsafe { construction.with_alphabet_size(AlphabetSize::new(alphabet)) };
+            let construction = unsafe { construction.with_alphabet_size(AlphabetSize::new(alphabet)) };
             Ok(construction.run().map_err(sais_error)?.into_vec())
         }
     }
@@ -69,12 +68,7 @@ pub fn suffix_array(tokens: TokenBuf, threads: usize) -> Result<Vec<i32>> {
 fn rank_compress(mut text: Vec<u32>) -> (Vec<i32>, i32) {
     const SEP: u32 = u32::MAX;
     // Vocabularies are small next to the corpus: a table indexed by id beats sorting a copy.
-    let max_id = text
-        .iter()
-        .copied()
-        .filter(|&t| t != SEP)
-        .max()
-        .unwrap_or(0);
+    let max_id = text.iter().copied().filter(|&t| t != SEP).max().unwrap_or(0);
     let dense = max_id < 1 << 26;
     let mut distinct: Vec<u32> = if dense {
         let mut seen = vec![false; max_id as usize + 1];
@@ -109,18 +103,11 @@ fn rank_compress(mut text: Vec<u32>) -> (Vec<i32>, i32) {
             }
         }
         for t in text.iter_mut() {
-            *t = if *t == SEP {
-                sep_rank
-            } else {
-                rank_of[*t as usize]
-            };
+            *t = if *t == SEP { sep_rank } else { rank_of[*t as usize] };
         }
     } else {
-        let rank_of: std::collections::HashMap<u32, u32> = distinct
-            .iter()
-            .enumerate()
-            .map(|(r, &t)| (t, r as u32))
-            .collect();
+        let rank_of: std::collections::HashMap<u32, u32> =
+            distinct.iter().enumerate().map(|(r, &t)| (t, r as u32)).collect();
         for t in text.iter_mut() {
             *t = rank_of[t];
         }
@@ -131,12 +118,7 @@ fn rank_compress(mut text: Vec<u32>) -> (Vec<i32>, i32) {
 }
 
 /// Write the suffix array as infini-gram's `table.N`: byte offsets, `pointer_width` bytes each.
-pub fn write_table(
-    sa: &[i32],
-    token_bytes: usize,
-    pointer_width: usize,
-    out: &mut impl Write,
-) -> std::io::Result<()> {
+pub fn write_table(sa: &[i32], token_bytes: usize, pointer_width: usize, out: &mut impl Write) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1 << 16);
     for chunk in sa.chunks(1 << 13) {
         buf.clear();
@@ -167,11 +149,7 @@ mod tests {
             let ids = [sep, 1, 256, 2, 513, sep, 256, 1, 1, 70_000 % sep, sep, 3];
             let buf = TokenBuf::from_ids(width, &ids);
             let bytes = buf.to_le_bytes();
-            assert_eq!(
-                suffix_array(buf, 1).unwrap(),
-                brute(&bytes, width.bytes()),
-                "{width:?}"
-            );
+            assert_eq!(suffix_array(buf, 1).unwrap(), brute(&bytes, width.bytes()), "{width:?}");
         }
     }
 

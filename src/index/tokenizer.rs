@@ -29,11 +29,7 @@ impl Index {
                 })?;
                 Box::new(GgufTokenizer::load(path)?)
             }
-            (None, other) => {
-                return Err(Error::Invalid(format!(
-                    "unknown tokenizer kind {other:?} in the manifest"
-                )))
-            }
+            (None, other) => return Err(Error::Invalid(format!("unknown tokenizer kind {other:?} in the manifest"))),
         };
         self.check_tokenizer(tokenizer.identity())?;
         Ok(tokenizer)

@@ -96,8 +96,7 @@ impl TokenBuf {
 
     pub fn to_le_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len() * self.width().bytes());
-        self.write_le(&mut out)
-            .expect("writing to a Vec cannot fail");
+        self.write_le(&mut out).expect("writing to a Vec cannot fail");
         out
     }
 }

@@ -30,24 +30,14 @@ impl Index {
             order_checked: 0,
         };
         for shard in &self.shards {
-            let files: Vec<&Mapped> = [
-                Some(&shard.tokenized),
-                Some(&shard.table),
-                Some(&shard.offsets),
-                shard.metadata.as_ref(),
-                shard.metaoff.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
+            let files: Vec<&Mapped> = [Some(&shard.tokenized), Some(&shard.table), Some(&shard.offsets), shard.metadata.as_ref(), shard.metaoff.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect();
             if let Some(manifest) = &self.manifest {
                 let entry = &manifest.shards[shard.id];
                 files.par_iter().try_for_each(|m| {
-                    let name = m
-                        .path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
+                    let name = m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let Some(expected) = entry.files.get(&name) else {
                         return Ok(());
                     };
@@ -81,10 +71,7 @@ fn check_pointers(shard: &Shard) -> Result<u64> {
     for rank in 0..n {
         let p = shard.pointer(rank);
         if p % w != 0 || p / w >= n || std::mem::replace(&mut seen[(p / w) as usize], true) {
-            return Err(Error::corrupt(
-                &shard.table.path,
-                format!("entry {rank} holds an invalid or repeated pointer {p}"),
-            ));
+            return Err(Error::corrupt(&shard.table.path, format!("entry {rank} holds an invalid or repeated pointer {p}")));
         }
     }
     Ok(n)
@@ -96,10 +83,7 @@ fn check_order(shard: &Shard) -> Result<u64> {
         let a = shard.suffix_at(shard.pointer(rank - 1));
         let b = shard.suffix_at(shard.pointer(rank));
         if a >= b {
-            return Err(Error::corrupt(
-                &shard.table.path,
-                format!("suffixes at ranks {} and {rank} are out of order", rank - 1),
-            ));
+            return Err(Error::corrupt(&shard.table.path, format!("suffixes at ranks {} and {rank} are out of order", rank - 1)));
         }
         Ok(())
     })?;

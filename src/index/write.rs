@@ -33,10 +33,7 @@ impl HashingWriter {
     /// Flush, fsync and return the file's digest.
     pub fn finish(self) -> Result<FileDigest> {
         let path = self.path;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
+        let file = self.out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
         file.sync_all().at(&path)?;
         Ok(FileDigest {
             bytes: self.bytes,
@@ -59,10 +56,7 @@ impl Write for HashingWriter {
 }
 
 /// Write one whole file through a `HashingWriter`.
-pub fn write_file(
-    path: &Path,
-    fill: impl FnOnce(&mut HashingWriter) -> std::io::Result<()>,
-) -> Result<FileDigest> {
+pub fn write_file(path: &Path, fill: impl FnOnce(&mut HashingWriter) -> std::io::Result<()>) -> Result<FileDigest> {
     let mut w = HashingWriter::create(path)?;
     fill(&mut w).at(path)?;
     w.finish()
@@ -81,9 +75,7 @@ fn replaceable(dir: &Path) -> bool {
     if dir.join(MANIFEST_FILE).is_file() || dir.join("tokenized.0").is_file() {
         return true;
     }
-    std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
+    std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false)
 }
 
 /// A build in progress: a hidden temporary folder beside the destination, renamed into place at
@@ -130,12 +122,7 @@ impl Staging {
     /// Move the finished index into place. An index already there (with `force`) is moved aside
     /// first and removed only after the new one is in place.
     pub fn commit(self) -> Result<()> {
-        let parent = self
-            .dir
-            .path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let parent = self.dir.path().parent().map(Path::to_path_buf).unwrap_or_default();
         let staged = self.dir.keep();
         let mut old = None;
         if self.dest.exists() {

@@ -43,30 +43,17 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions {
-            max_body_bytes: 1 << 20,
-            timeout: Duration::from_secs(300),
-        }
+        ServerOptions { max_body_bytes: 1 << 20, timeout: Duration::from_secs(300) }
     }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({"status": "ok", "queued": state.queue.waiting.load(Ordering::Relaxed)}))
-        .into_response()
+    Json(json!({"status": "ok", "queued": state.queue.waiting.load(Ordering::Relaxed)})).into_response()
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state
-        .metrics
-        .render(state.queue.waiting.load(Ordering::Relaxed));
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
-    )
-        .into_response()
+    let text = state.metrics.render(state.queue.waiting.load(Ordering::Relaxed));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
@@ -83,38 +70,18 @@ async fn not_found() -> Response {
 }
 
 /// Count every request by route and status.
-async fn count_requests(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[&route, status.as_str()])
-        .inc();
-    tracing::info!(
-        route,
-        status = status.as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
+    state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
+    tracing::info!(route, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     response
 }
 
 /// Every route, with body limits and request counting.
-pub fn router(
-    state: Arc<AppState>,
-    engine: Option<Arc<QueryEngine>>,
-    options: &ServerOptions,
-) -> Router {
+pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &ServerOptions) -> Router {
     let mut app = Router::new()
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -123,10 +90,7 @@ pub fn router(
         .route("/metrics", get(render_metrics))
         .with_state(state.clone());
     if let Some(engine) = engine {
-        let query_options = crate::serve::ServeOptions {
-            timeout: options.timeout.min(Duration::from_secs(30)),
-            ..Default::default()
-        };
+        let query_options = crate::serve::ServeOptions { timeout: options.timeout.min(Duration::from_secs(30)), ..Default::default() };
         app = app.merge(crate::serve::query_routes(engine, &query_options));
     }
     app.fallback(not_found)
@@ -140,7 +104,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -79,37 +79,17 @@ pub struct Common {
 }
 
 const COMMON_FIELDS: &[&str] = &[
-    "model",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "stream",
-    "stream_options",
-    "n",
-    "user",
-    "presence_penalty",
-    "frequency_penalty",
+    "model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "n", "user",
+    "presence_penalty", "frequency_penalty",
 ];
 
 /// The body as `T`, refusing fields that are neither `T`'s own nor the shared ones. Any content
 /// type is read as JSON, as llama.cpp's server does.
-fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    own: &[&str],
-) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, own: &[&str]) -> Result<T, Response> {
     let body = body.map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
-    let Some(object) = value.as_object() else {
-        return Err(bad("the request body must be a JSON object"));
-    };
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !own.contains(&k.as_str()) && !COMMON_FIELDS.contains(&k.as_str()))
-    {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
+    let Some(object) = value.as_object() else { return Err(bad("the request body must be a JSON object")) };
+    if let Some(unknown) = object.keys().find(|k| !own.contains(&k.as_str()) && !COMMON_FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("unknown field {unknown:?}")));
     }
     serde_json::from_value(value).map_err(|e| bad(format!("invalid request: {e}")))
@@ -162,26 +142,15 @@ pub struct Checked {
 }
 
 /// Check the shared fields: types were checked by serde, ranges here.
-pub fn check_common(
-    c: &Common,
-    max_tokens: Option<i64>,
-    n_ctx: usize,
-) -> Result<Checked, Response> {
+pub fn check_common(c: &Common, max_tokens: Option<i64>, n_ctx: usize) -> Result<Checked, Response> {
     let max_tokens = match max_tokens.or(c.max_tokens) {
         None => 256.min(n_ctx),
         Some(m) if m >= 1 && (m as u64) < n_ctx as u64 => m as usize,
-        Some(m) => {
-            return Err(bad(format!(
-                "max_tokens must be between 1 and {}, not {m}",
-                n_ctx - 1
-            )))
-        }
+        Some(m) => return Err(bad(format!("max_tokens must be between 1 and {}, not {m}", n_ctx - 1))),
     };
     let temperature = c.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(bad(format!(
-            "temperature must be between 0 and 2, not {temperature}"
-        )));
+        return Err(bad(format!("temperature must be between 0 and 2, not {temperature}")));
     }
     let top_p = c.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -199,19 +168,12 @@ pub fn check_common(
     };
     if let Some(n) = c.n {
         if n != 1 {
-            return Err(bad(format!(
-                "n must be 1 (one choice per request), not {n}"
-            )));
+            return Err(bad(format!("n must be 1 (one choice per request), not {n}")));
         }
     }
-    for (name, v) in [
-        ("presence_penalty", c.presence_penalty),
-        ("frequency_penalty", c.frequency_penalty),
-    ] {
+    for (name, v) in [("presence_penalty", c.presence_penalty), ("frequency_penalty", c.frequency_penalty)] {
         if v.is_some_and(|v| v != 0.0) {
-            return Err(bad(format!(
-                "{name} is not supported (penalties would change the model's distribution)"
-            )));
+            return Err(bad(format!("{name} is not supported (penalties would change the model's distribution)")));
         }
     }
     let stop = match &c.stop {
@@ -220,40 +182,21 @@ pub fn check_common(
         Some(StopInput::Many(v)) => v.clone(),
     };
     if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-        return Err(bad(
-            "stop takes at most 4 non-empty strings of at most 256 bytes",
-        ));
+        return Err(bad("stop takes at most 4 non-empty strings of at most 256 bytes"));
     }
-    let sampling = SamplingParams {
-        temperature: temperature as f32,
-        top_k,
-        top_p: top_p as f32,
-        seed,
-    };
+    let sampling = SamplingParams { temperature: temperature as f32, top_k, top_p: top_p as f32, seed };
     sampling.validate().map_err(bad)?;
-    let options = GenerateOptions {
-        max_tokens,
-        sampling,
-        budget: crate::draft::MAX_AUTO_BUDGET,
-        stop_at_eog: true,
-    };
+    let options = GenerateOptions { max_tokens, sampling, budget: crate::draft::MAX_AUTO_BUDGET, stop_at_eog: true };
     let stream = c.stream.unwrap_or(false);
     let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
     if c.stream_options.is_some() && !stream {
         return Err(bad("stream_options needs stream: true"));
     }
-    Ok(Checked {
-        options,
-        stop,
-        stream,
-        include_usage,
-    })
+    Ok(Checked { options, stop, stream, include_usage })
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn request_id(prefix: &str) -> String {
@@ -279,21 +222,13 @@ fn usage(prompt: usize, completion: usize) -> Value {
 }
 
 /// Queue the job and answer, streaming or whole.
-async fn run(
-    state: Arc<AppState>,
-    prompt: Vec<u32>,
-    checked: Checked,
-    kind: Kind,
-    model_name: String,
-) -> Response {
+async fn run(state: Arc<AppState>, prompt: Vec<u32>, checked: Checked, kind: Kind, model_name: String) -> Response {
     if prompt.is_empty() {
         return bad("the prompt is empty");
     }
     let n_vocab = state.model.n_vocab() as u32;
     if let Some(t) = prompt.iter().find(|&&t| t >= n_vocab) {
-        return bad(format!(
-            "token {t} is outside the model's vocabulary of {n_vocab}"
-        ));
+        return bad(format!("token {t} is outside the model's vocabulary of {n_vocab}"));
     }
     let room = state.n_ctx.saturating_sub(prompt.len() + 2);
     if checked.options.max_tokens > room {
@@ -306,18 +241,9 @@ async fn run(
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let deadline = Instant::now() + state.timeout;
-    let job = Job {
-        prompt,
-        options: checked.options,
-        stop: checked.stop,
-        deadline,
-        events: tx,
-    };
+    let job = Job { prompt, options: checked.options, stop: checked.stop, deadline, events: tx };
     if state.queue.submit(job).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is busy: the generation queue is full; retry later",
-        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: the generation queue is full; retry later");
     }
     let (id, object) = match kind {
         Kind::Completion => (request_id("cmpl"), "text_completion"),
@@ -330,11 +256,7 @@ async fn run(
             while let Some(ev) = rx.recv().await {
                 match ev {
                     Event::Text(t) => text.push_str(&t),
-                    Event::Done {
-                        finish,
-                        prompt_tokens,
-                        completion_tokens,
-                    } => return Ok((finish, prompt_tokens, completion_tokens)),
+                    Event::Done { finish, prompt_tokens, completion_tokens } => return Ok((finish, prompt_tokens, completion_tokens)),
                     Event::Failed(e) => return Err(e),
                 }
             }
@@ -344,12 +266,8 @@ async fn run(
         return match wait {
             Ok(Ok((finish, p, c))) => {
                 let choice = match kind {
-                    Kind::Completion => {
-                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(finish)})
-                    }
-                    Kind::Chat => {
-                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason(finish)})
-                    }
+                    Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(finish)}),
+                    Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason(finish)}),
                 };
                 Json(json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [choice], "usage": usage(p, c)}))
                     .into_response()
@@ -372,75 +290,49 @@ async fn run(
         SseEvent::default().data(body.to_string())
     };
     // States: 0 = first (chat: the role), 1 = text, 2 = usage / [DONE] pending, 3 = over.
-    let stream = futures_util::stream::unfold(
-        (rx, 0u8, None::<Value>),
-        move |(mut rx, phase, pending_usage)| {
-            let chunk = chunk.clone();
-            async move {
-                match phase {
-                    0 if kind == Kind::Chat => {
-                        let ev = chunk(
-                            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
-                            None,
-                        );
-                        Some((Ok::<_, Infallible>(ev), (rx, 1, None)))
-                    }
-                    0 | 1 => match rx.recv().await {
-                        Some(Event::Text(t)) => {
-                            let choice = match kind {
-                                Kind::Completion => {
-                                    json!([{"index": 0, "text": t, "logprobs": null, "finish_reason": null}])
-                                }
-                                Kind::Chat => {
-                                    json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}])
-                                }
-                            };
-                            Some((Ok(chunk(choice, None)), (rx, 1, None)))
-                        }
-                        Some(Event::Done {
-                            finish,
-                            prompt_tokens,
-                            completion_tokens,
-                        }) => {
-                            let reason = finish_reason(finish);
-                            let choice = match kind {
-                                Kind::Completion => {
-                                    json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason}])
-                                }
-                                Kind::Chat => {
-                                    json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}])
-                                }
-                            };
-                            let u = include_usage.then(|| usage(prompt_tokens, completion_tokens));
-                            Some((Ok(chunk(choice, None)), (rx, 2, u)))
-                        }
-                        Some(Event::Failed(e)) => {
-                            let body = json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}});
-                            Some((
-                                Ok(SseEvent::default().data(body.to_string())),
-                                (rx, 3, None),
-                            ))
-                        }
-                        None => None,
-                    },
-                    2 => match pending_usage {
-                        Some(u) => Some((Ok(chunk(json!([]), Some(u))), (rx, 2, None))),
-                        None => Some((Ok(SseEvent::default().data("[DONE]")), (rx, 3, None))),
-                    },
-                    _ => None,
+    let stream = futures_util::stream::unfold((rx, 0u8, None::<Value>), move |(mut rx, phase, pending_usage)| {
+        let chunk = chunk.clone();
+        async move {
+            match phase {
+                0 if kind == Kind::Chat => {
+                    let ev = chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None);
+                    Some((Ok::<_, Infallible>(ev), (rx, 1, None)))
                 }
+                0 | 1 => match rx.recv().await {
+                    Some(Event::Text(t)) => {
+                        let choice = match kind {
+                            Kind::Completion => json!([{"index": 0, "text": t, "logprobs": null, "finish_reason": null}]),
+                            Kind::Chat => json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]),
+                        };
+                        Some((Ok(chunk(choice, None)), (rx, 1, None)))
+                    }
+                    Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                        let reason = finish_reason(finish);
+                        let choice = match kind {
+                            Kind::Completion => json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason}]),
+                            Kind::Chat => json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]),
+                        };
+                        let u = include_usage.then(|| usage(prompt_tokens, completion_tokens));
+                        Some((Ok(chunk(choice, None)), (rx, 2, u)))
+                    }
+                    Some(Event::Failed(e)) => {
+                        let body = json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}});
+                        Some((Ok(SseEvent::default().data(body.to_string())), (rx, 3, None)))
+                    }
+                    None => None,
+                },
+                2 => match pending_usage {
+                    Some(u) => Some((Ok(chunk(json!([]), Some(u))), (rx, 2, None))),
+                    None => Some((Ok(SseEvent::default().data("[DONE]")), (rx, 3, None))),
+                },
+                _ => None,
             }
-        },
-    );
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
-pub async fn completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let req: CompletionRequest = match parse(body, &["prompt"]) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -455,18 +347,11 @@ pub async fn completions(
         PromptInput::Texts(v) => return bad(format!("one prompt per request, not {}", v.len())),
         PromptInput::Tokens(ids) => ids,
     };
-    let name = req
-        .common
-        .model
-        .clone()
-        .unwrap_or_else(|| state.model_name.clone());
+    let name = req.common.model.clone().unwrap_or_else(|| state.model_name.clone());
     run(state, prompt, checked, Kind::Completion, name).await
 }
 
-pub async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
     let req: ChatRequest = match parse(body, &["messages", "max_completion_tokens"]) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -481,10 +366,7 @@ pub async fn chat_completions(
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         if !["system", "user", "assistant", "developer"].contains(&m.role.as_str()) {
-            return bad(format!(
-                "unknown role {:?}: use system, user or assistant",
-                m.role
-            ));
+            return bad(format!("unknown role {:?}: use system, user or assistant", m.role));
         }
         let content = match &m.content {
             Content::Text(t) => t.clone(),
@@ -493,21 +375,13 @@ pub async fn chat_completions(
                 for p in parts {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => text.push_str(t),
-                        (kind, _) => {
-                            return bad(format!(
-                                "content parts of type {kind:?} are not supported (text only)"
-                            ))
-                        }
+                        (kind, _) => return bad(format!("content parts of type {kind:?} are not supported (text only)")),
                     }
                 }
                 text
             }
         };
-        let role = if m.role == "developer" {
-            "system".to_string()
-        } else {
-            m.role.clone()
-        };
+        let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
         messages.push((role, content));
     }
     let model = state.model.clone();
@@ -522,10 +396,6 @@ pub async fn chat_completions(
     if bos.len() == 1 && prompt.len() >= 2 && prompt[0] == bos[0] && prompt[1] == bos[0] {
         prompt.remove(0);
     }
-    let name = req
-        .common
-        .model
-        .clone()
-        .unwrap_or_else(|| state.model_name.clone());
+    let name = req.common.model.clone().unwrap_or_else(|| state.model_name.clone());
     run(state, prompt, checked, Kind::Chat, name).await
 }

@@ -11,8 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::draft::{
-    count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, NgramDrafter, Proposer,
-    Ranked, RecycleDrafter, SourceStats,
+    count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, NgramDrafter, Proposer, Ranked, RecycleDrafter, SourceStats,
 };
 use crate::generate::{Drafter, GenerateOptions, Generation, StopReason};
 use crate::index::Index;
@@ -65,21 +64,11 @@ pub struct DraftSources {
 
 impl DraftSources {
     pub fn all() -> Self {
-        DraftSources {
-            context: true,
-            ngram: true,
-            index: true,
-            recycle: true,
-        }
+        DraftSources { context: true, ngram: true, index: true, recycle: true }
     }
 
     pub fn none() -> Self {
-        DraftSources {
-            context: false,
-            ngram: false,
-            index: false,
-            recycle: false,
-        }
+        DraftSources { context: false, ngram: false, index: false, recycle: false }
     }
 
     /// What runs when `--draft` is not given: the running context's copies and n-grams. In one
@@ -88,12 +77,7 @@ impl DraftSources {
     /// often than the context's, displace the context's in small trees) and no faster on chat or
     /// copy; they stay one `--draft all` away.
     pub fn default_set() -> Self {
-        DraftSources {
-            context: true,
-            ngram: true,
-            index: false,
-            recycle: false,
-        }
+        DraftSources { context: true, ngram: true, index: false, recycle: false }
     }
 
     /// From `--draft` names: `default`, `all`, `none` or single sources (no names: `default`); an
@@ -115,9 +99,7 @@ impl DraftSources {
                 "index" => sources.index = true,
                 "recycle" => sources.recycle = true,
                 "none" => {}
-                other => {
-                    return Err(format!("unknown draft source {other:?}: use context, ngram, index, recycle, default, all or none"))
-                }
+                other => return Err(format!("unknown draft source {other:?}: use context, ngram, index, recycle, default, all or none")),
             }
         }
         Ok(sources)
@@ -125,10 +107,7 @@ impl DraftSources {
 
     /// The chosen drafters that need neither the model nor a learnt state, in the order every
     /// caller merges them: context, ngram, then index (where there is one).
-    pub fn context_and_index_proposers<'i>(
-        &self,
-        index: Option<&'i Index>,
-    ) -> Vec<Box<dyn Proposer + 'i>> {
+    pub fn context_and_index_proposers<'i>(&self, index: Option<&'i Index>) -> Vec<Box<dyn Proposer + 'i>> {
         let mut proposers: Vec<Box<dyn Proposer + 'i>> = Vec::new();
         if self.context {
             proposers.push(Box::new(ContextDrafter::default()));
@@ -159,9 +138,7 @@ impl Queue {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
-                Err(job)
-            }
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => Err(job),
         }
     }
 }
@@ -174,22 +151,14 @@ pub struct StopFilter {
 
 impl StopFilter {
     pub fn new(stops: Vec<String>) -> Self {
-        StopFilter {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-            held: String::new(),
-        }
+        StopFilter { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
     }
 
     /// Add text; returns what can be released and whether a stop string was found (the text
     /// before it is released, the rest dropped).
     pub fn push(&mut self, text: &str) -> (String, bool) {
         self.held.push_str(text);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let out = self.held[..at].to_string();
             self.held.clear();
             return (out, true);
@@ -198,12 +167,7 @@ impl StopFilter {
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| {
-                (1..s.len().min(self.held.len() + 1))
-                    .rev()
-                    .filter(move |&k| s.is_char_boundary(k))
-                    .map(move |k| &s[..k])
-            })
+            .flat_map(|s| (1..s.len().min(self.held.len() + 1)).rev().filter(move |&k| s.is_char_boundary(k)).map(move |k| &s[..k]))
             .filter(|prefix| self.held.ends_with(prefix))
             .map(str::len)
             .max()
@@ -242,10 +206,7 @@ pub fn spawn(
 ) -> crate::Result<(Queue, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<Job>(config.queue.max(1));
     let waiting = Arc::new(AtomicU64::new(0));
-    let queue = Queue {
-        jobs: tx,
-        waiting: waiting.clone(),
-    };
+    let queue = Queue { jobs: tx, waiting: waiting.clone() };
     // The thread makes the context and says whether it could, so that spawn fails, not the thread.
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<crate::Result<()>>(1);
     let handle = std::thread::Builder::new()
@@ -292,9 +253,7 @@ pub fn spawn(
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
                     let slot = session.free_slot().expect("a slot is free");
-                    if let Some(r) =
-                        start_job(&mut session, slot, job, drafter.stats.len(), &metrics)
-                    {
+                    if let Some(r) = start_job(&mut session, slot, job, drafter.stats.len(), &metrics) {
                         running.push(r);
                     }
                 }
@@ -302,20 +261,10 @@ pub fn spawn(
                     continue;
                 }
                 let started = Instant::now();
-                match step(
-                    &model,
-                    &mut session,
-                    &mut drafter,
-                    &mut budget,
-                    &mut running,
-                    config.request_ctx,
-                    max_paths,
-                ) {
+                match step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths) {
                     Ok(0) => {}
                     Ok(verified) => {
-                        metrics
-                            .decode_seconds
-                            .inc_by(started.elapsed().as_secs_f64());
+                        metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
                         metrics.verify_steps.inc();
                         metrics.batch_sequences.inc_by(verified as u64);
                     }
@@ -332,8 +281,7 @@ pub fn spawn(
                         session.reset();
                     }
                 }
-                let (finished, still): (Vec<Running>, Vec<Running>) =
-                    running.into_iter().partition(|r| r.done);
+                let (finished, still): (Vec<Running>, Vec<Running>) = running.into_iter().partition(|r| r.done);
                 running = still;
                 let names = drafter.source_names();
                 for r in finished {
@@ -345,9 +293,7 @@ pub fn spawn(
             }
         })
         .map_err(|e| crate::Error::Invalid(format!("cannot start the generation thread: {e}")))?;
-    ready_rx.recv().map_err(|_| {
-        crate::Error::Invalid("the generation thread stopped before it started".into())
-    })??;
+    ready_rx.recv().map_err(|_| crate::Error::Invalid("the generation thread stopped before it started".into()))??;
     Ok((queue, handle))
 }
 
@@ -368,38 +314,24 @@ struct Running {
 }
 
 /// Prefill `job`'s prompt into `slot`, unless it no longer needs an answer.
-fn start_job(
-    session: &mut Session<'_>,
-    slot: usize,
-    job: Job,
-    sources: usize,
-    metrics: &Metrics,
-) -> Option<Running> {
+fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, metrics: &Metrics) -> Option<Running> {
     if job.events.is_closed() {
         metrics.cancelled.inc();
         return None;
     }
     if Instant::now() >= job.deadline {
-        let _ = job
-            .events
-            .send(Event::Failed("the request timed out while queued".into()));
+        let _ = job.events.send(Event::Failed("the request timed out while queued".into()));
         metrics.timeouts.inc();
         return None;
     }
     if job.options.max_tokens == 0 {
-        let _ = job
-            .events
-            .send(Event::Failed("max_tokens must be at least 1".into()));
+        let _ = job.events.send(Event::Failed("max_tokens must be at least 1".into()));
         return None;
     }
     let started = Instant::now();
     let generation = session.prefill_slot(slot, &job.prompt).and_then(|cached| {
         metrics.prompt_tokens_cached.inc_by(cached as u64);
-        Generation::new(
-            job.prompt.len(),
-            &job.options,
-            started.elapsed().as_secs_f64(),
-        )
+        Generation::new(job.prompt.len(), &job.options, started.elapsed().as_secs_f64())
     });
     match generation {
         Ok(generation) => Some(Running {
@@ -438,18 +370,11 @@ fn step(
     let mut live: Vec<&mut Running> = Vec::with_capacity(running.len());
     let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
     for r in running.iter_mut() {
-        let generation = r
-            .generation
-            .as_ref()
-            .expect("a running job has a generation");
+        let generation = r.generation.as_ref().expect("a running job has a generation");
         match generation.budget(session.slot_len(r.slot), request_ctx) {
             Ok(most) => {
                 let most = most.min(budget.max());
-                let mut tree = if most > 0 {
-                    drafter.rank(&session.slot_tokens(r.slot), most)
-                } else {
-                    Ranked::default()
-                };
+                let mut tree = if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() };
                 tree.limit_leaves(max_paths);
                 ranked.push(tree);
                 live.push(r);
@@ -469,18 +394,11 @@ fn step(
     for (r, keep) in ranked.iter_mut().zip(cuts) {
         r.truncate(keep);
     }
-    let pendings: Vec<u32> = running
-        .iter()
-        .map(|r| session.slot_pending(r.slot).expect("prefilled"))
-        .collect();
+    let pendings: Vec<u32> = running.iter().map(|r| session.slot_pending(r.slot).expect("prefilled")).collect();
     let mut work: Vec<SlotStep<'_>> = running
         .iter_mut()
         .zip(&ranked)
-        .map(|(r, k)| SlotStep {
-            slot: r.slot,
-            tree: &k.tree,
-            chooser: &mut r.generation.as_mut().expect("running").chooser,
-        })
+        .map(|(r, k)| SlotStep { slot: r.slot, tree: &k.tree, chooser: &mut r.generation.as_mut().expect("running").chooser })
         .collect();
     let wants_logits = drafter.wants_logits();
     let drafted = started.elapsed();
@@ -488,19 +406,13 @@ fn step(
     let outcomes = session.step_slots(&mut work, |i, node, logits| {
         let t = Instant::now();
         if wants_logits {
-            drafter.observe_logits(
-                node.map_or(pendings[i], |n| ranked[i].tree.token(n)),
-                logits,
-            );
+            drafter.observe_logits(node.map_or(pendings[i], |n| ranked[i].tree.token(n)), logits);
         }
         observing += t.elapsed();
     })?;
     drop(work);
     let verified = started.elapsed();
-    budget.observe(
-        ranked.iter().map(|k| 1 + k.tree.len()).sum(),
-        (verified - drafted).as_secs_f64(),
-    );
+    budget.observe(ranked.iter().map(|k| 1 + k.tree.len()).sum(), (verified - drafted).as_secs_f64());
     tracing::debug!(
         slots = running.len(),
         rows = ranked.iter().map(|k| 1 + k.tree.len()).sum::<usize>(),
@@ -513,17 +425,7 @@ fn step(
     for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
         drafter.observe_ranked(k, outcome);
         count_by_source(&k.tree, outcome, &mut r.sources);
-        let Running {
-            generation,
-            text,
-            stop,
-            events,
-            deadline,
-            stopped,
-            timed_out,
-            done,
-            ..
-        } = &mut **r;
+        let Running { generation, text, stop, events, deadline, stopped, timed_out, done, .. } = &mut **r;
         let generation = generation.as_mut().expect("running");
         *done = generation.absorb(model, k.tree.len(), outcome, |t| {
             let (out, hit) = stop.push(&text.push(model, t));
@@ -569,17 +471,10 @@ impl Running {
         if self.timed_out {
             metrics.timeouts.inc();
         }
-        let per_source: Vec<(String, u64, u64)> = source_names
-            .iter()
-            .zip(&self.sources)
-            .map(|(name, s)| (name.clone(), s.drafted, s.accepted))
-            .collect();
+        let per_source: Vec<(String, u64, u64)> =
+            source_names.iter().zip(&self.sources).map(|(name, s)| (name.clone(), s.drafted, s.accepted)).collect();
         metrics.record_generation(&report, &per_source);
-        let _ = self.events.send(Event::Done {
-            finish,
-            prompt_tokens: report.prompt_tokens,
-            completion_tokens: report.tokens.len(),
-        });
+        let _ = self.events.send(Event::Done { finish, prompt_tokens: report.prompt_tokens, completion_tokens: report.tokens.len() });
     }
 }
 
@@ -591,38 +486,12 @@ mod tests {
     fn draft_names_choose_sources() {
         let parse = |names: &[&str]| DraftSources::from_names(names).unwrap();
         assert_eq!(parse(&[]), DraftSources::default_set());
-        assert_eq!(
-            parse(&["default"]),
-            DraftSources {
-                context: true,
-                ngram: true,
-                index: false,
-                recycle: false
-            }
-        );
-        assert_eq!(
-            parse(&["default", "index"]),
-            DraftSources {
-                context: true,
-                ngram: true,
-                index: true,
-                recycle: false
-            }
-        );
+        assert_eq!(parse(&["default"]), DraftSources { context: true, ngram: true, index: false, recycle: false });
+        assert_eq!(parse(&["default", "index"]), DraftSources { context: true, ngram: true, index: true, recycle: false });
         assert_eq!(parse(&["all"]), DraftSources::all());
         assert_eq!(parse(&["none"]), DraftSources::none());
-        assert_eq!(
-            parse(&["recycle"]),
-            DraftSources {
-                context: false,
-                ngram: false,
-                index: false,
-                recycle: true
-            }
-        );
-        assert!(DraftSources::from_names(&["indx"])
-            .unwrap_err()
-            .contains("unknown draft source"));
+        assert_eq!(parse(&["recycle"]), DraftSources { context: false, ngram: false, index: false, recycle: true });
+        assert!(DraftSources::from_names(&["indx"]).unwrap_err().contains("unknown draft source"));
     }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
@@ -646,11 +515,7 @@ mod tests {
         assert_eq!(run(&["END", "x"], &["abx"]), ("ab".into(), true));
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
         let mut f = StopFilter::new(vec!["ab".into()]);
-        assert_eq!(
-            f.push("xa"),
-            ("x".into(), false),
-            "the 'a' could start the stop string"
-        );
+        assert_eq!(f.push("xa"), ("x".into(), false), "the 'a' could start the stop string");
         assert_eq!(f.push("c"), ("ac".into(), false));
         // multi-byte: prefixes are cut at character boundaries
         assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));

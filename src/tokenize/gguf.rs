@@ -40,13 +40,10 @@ impl GgufTokenizer {
         let backend = crate::llama::backend()?;
         let params = LlamaModelParams::default().with_vocab_only(vocab_only);
         let what = if vocab_only { "its vocabulary" } else { "it" };
-        let model =
-            LlamaModel::load_from_file(backend, path, &params).map_err(|e| Error::Model {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "llama.cpp could not load {what} ({e}); set IBID_LLAMA_LOG=1 for details"
-                ),
-            })?;
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            reason: format!("llama.cpp could not load {what} ({e}); set IBID_LLAMA_LOG=1 for details"),
+        })?;
         let vocab = model.vocab();
         let n = vocab.n_tokens();
         if n <= 0 {

@@ -50,11 +50,7 @@ impl TokenWidth {
         [TokenWidth::U8, TokenWidth::U16, TokenWidth::U32]
             .into_iter()
             .find(|w| vocab_size <= u64::from(w.separator()))
-            .ok_or_else(|| {
-                Error::Tokenizer(format!(
-                    "vocabulary of {vocab_size} tokens does not fit 32 bits"
-                ))
-            })
+            .ok_or_else(|| Error::Tokenizer(format!("vocabulary of {vocab_size} tokens does not fit 32 bits")))
     }
 
     pub fn from_bytes(n: usize) -> Option<TokenWidth> {
@@ -76,8 +72,7 @@ impl From<TokenWidth> for u8 {
 impl TryFrom<u8> for TokenWidth {
     type Error = String;
     fn try_from(n: u8) -> std::result::Result<Self, String> {
-        TokenWidth::from_bytes(n as usize)
-            .ok_or_else(|| format!("token width must be 1, 2 or 4 bytes, not {n}"))
+        TokenWidth::from_bytes(n as usize).ok_or_else(|| format!("token width must be 1, 2 or 4 bytes, not {n}"))
     }
 }
 
@@ -103,17 +98,12 @@ pub struct TokenizerIdentity {
 impl TokenizerIdentity {
     /// Same vocabulary, wherever the file lives.
     pub fn same_vocabulary(&self, other: &TokenizerIdentity) -> bool {
-        self.kind == other.kind
-            && self.vocab_size == other.vocab_size
-            && self.vocab_hash == other.vocab_hash
+        self.kind == other.kind && self.vocab_size == other.vocab_size && self.vocab_hash == other.vocab_hash
     }
 
     pub fn describe(&self) -> String {
         match &self.model_file {
-            Some(f) => format!(
-                "{} {f} ({} tokens, vocab {})",
-                self.kind, self.vocab_size, self.vocab_hash
-            ),
+            Some(f) => format!("{} {f} ({} tokens, vocab {})", self.kind, self.vocab_size, self.vocab_hash),
             None => format!("{} ({} tokens)", self.kind, self.vocab_size),
         }
     }
@@ -147,9 +137,7 @@ impl std::str::FromStr for TokenizerSpec {
         } else if let Some(path) = s.strip_prefix("gguf:") {
             Ok(TokenizerSpec::Gguf(PathBuf::from(path)))
         } else {
-            Err(format!(
-                "unknown tokenizer {s:?}: use `bytes` or `gguf:PATH`"
-            ))
+            Err(format!("unknown tokenizer {s:?}: use `bytes` or `gguf:PATH`"))
         }
     }
 }
@@ -169,18 +157,11 @@ pub fn tokenize(tokenizer: &dyn Tokenizer, text: &str) -> Vec<u32> {
 }
 
 /// Tokenize many documents at once; pieces of all of them share the thread pool.
-pub fn tokenize_batch<S: AsRef<str> + Sync>(
-    tokenizer: &dyn Tokenizer,
-    texts: &[S],
-) -> Vec<Vec<u32>> {
+pub fn tokenize_batch<S: AsRef<str> + Sync>(tokenizer: &dyn Tokenizer, texts: &[S]) -> Vec<Vec<u32>> {
     let jobs: Vec<(usize, std::ops::Range<usize>)> = texts
         .iter()
         .enumerate()
-        .flat_map(|(doc, text)| {
-            pieces(text.as_ref())
-                .into_iter()
-                .map(move |range| (doc, range))
-        })
+        .flat_map(|(doc, text)| pieces(text.as_ref()).into_iter().map(move |range| (doc, range)))
         .collect();
     let tokenized: Vec<(usize, Vec<u32>)> = jobs
         .into_par_iter()
@@ -207,19 +188,13 @@ mod tests {
         assert_eq!(TokenWidth::for_vocab_size(256).unwrap(), TokenWidth::U16);
         assert_eq!(TokenWidth::for_vocab_size(65_535).unwrap(), TokenWidth::U16);
         assert_eq!(TokenWidth::for_vocab_size(65_536).unwrap(), TokenWidth::U32);
-        assert_eq!(
-            TokenWidth::for_vocab_size(262_144).unwrap(),
-            TokenWidth::U32
-        );
+        assert_eq!(TokenWidth::for_vocab_size(262_144).unwrap(), TokenWidth::U32);
         assert!(TokenWidth::for_vocab_size(1 << 40).is_err());
     }
 
     #[test]
     fn spec_parses() {
-        assert_eq!(
-            "bytes".parse::<TokenizerSpec>().unwrap(),
-            TokenizerSpec::Bytes
-        );
+        assert_eq!("bytes".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::Bytes);
         assert_eq!(
             "gguf:/m.gguf".parse::<TokenizerSpec>().unwrap(),
             TokenizerSpec::Gguf("/m.gguf".into())

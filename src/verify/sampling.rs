@@ -19,12 +19,7 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -33,16 +28,10 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::Invalid(format!(
-                "temperature must be 0 or more, not {}",
-                self.temperature
-            )));
+            return Err(Error::Invalid(format!("temperature must be 0 or more, not {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "top_p must be in (0, 1], not {}",
-                self.top_p
-            )));
+            return Err(Error::Invalid(format!("top_p must be in (0, 1], not {}", self.top_p)));
         }
         Ok(())
     }
@@ -84,10 +73,7 @@ fn max_value(values: &[f32]) -> f32 {
             }
         }
     }
-    lanes
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
 /// The `k` largest logits as (token, logit), best first (ties: smaller token first). Skips whole
@@ -119,16 +105,9 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 pub fn distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
     let t = f64::from(params.temperature);
     let mut cands: Vec<(u32, f64)> = if params.top_k > 0 {
-        top_k(logits, params.top_k)
-            .into_iter()
-            .map(|(i, l)| (i, f64::from(l)))
-            .collect()
+        top_k(logits, params.top_k).into_iter().map(|(i, l)| (i, f64::from(l))).collect()
     } else {
-        let mut all: Vec<(u32, f64)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, f64::from(l)))
-            .collect();
+        let mut all: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, f64::from(l))).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all
     };
@@ -181,10 +160,7 @@ pub struct Chooser {
 
 impl Chooser {
     pub fn new(params: SamplingParams) -> Self {
-        Chooser {
-            rng: rand::rngs::StdRng::seed_from_u64(params.seed),
-            params,
-        }
+        Chooser { rng: rand::rngs::StdRng::seed_from_u64(params.seed), params }
     }
 
     pub fn choose(&mut self, logits: &[f32]) -> u32 {
@@ -245,35 +221,17 @@ mod tests {
         assert_eq!(argmax(&logits), 1);
         assert_eq!(top2(&logits), (1, 3.0, 3.0));
         assert_eq!(top_k(&logits, 3), vec![(1, 3.0), (3, 3.0), (2, 1.0)]);
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_k: 2,
-            top_p: 1.0,
-            seed: 0,
-        };
+        let p = SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 0 };
         let d = distribution(&logits, &p);
         assert_eq!(d.len(), 2);
         assert!((d[0].1 - 0.5).abs() < 1e-12);
         // the two best tokens have ~0.44 each: 0.5 needs both, 0.4 one
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.5,
-            seed: 0,
-        };
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 0 };
         assert_eq!(distribution(&logits, &p).len(), 2);
-        assert_eq!(
-            distribution(&logits, &SamplingParams { top_p: 0.4, ..p }).len(),
-            1
-        );
+        assert_eq!(distribution(&logits, &SamplingParams { top_p: 0.4, ..p }).len(), 1);
         assert_eq!(draw(&[(7, 0.25), (9, 0.75)], 0.2), 7);
         assert_eq!(draw(&[(7, 0.25), (9, 0.75)], 0.3), 9);
-        assert!(SamplingParams {
-            temperature: -1.0,
-            ..p
-        }
-        .validate()
-        .is_err());
+        assert!(SamplingParams { temperature: -1.0, ..p }.validate().is_err());
         assert!(SamplingParams { top_p: 0.0, ..p }.validate().is_err());
     }
 }

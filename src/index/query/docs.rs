@@ -48,29 +48,20 @@ impl Shard {
     /// Byte range of document `doc`'s tokens (after its separator).
     fn doc_span(&self, doc: u64) -> (u64, u64) {
         let start = self.doc_offset(doc) + self.width.bytes() as u64;
-        let end = if doc + 1 < self.documents() {
-            self.doc_offset(doc + 1)
-        } else {
-            self.tokenized.len()
-        };
+        let end = if doc + 1 < self.documents() { self.doc_offset(doc + 1) } else { self.tokenized.len() };
         (start, end.max(start))
     }
 
     fn metadata_string(&self, doc: u64) -> String {
-        self.metadata_line(doc)
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .unwrap_or_default()
+        self.metadata_line(doc).map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default()
     }
 }
 
 impl Index {
     fn shard(&self, s: usize) -> Result<&Shard> {
-        self.shards.get(s).ok_or_else(|| {
-            Error::Query(format!(
-                "shard {s} does not exist (the index has {})",
-                self.shards.len()
-            ))
-        })
+        self.shards
+            .get(s)
+            .ok_or_else(|| Error::Query(format!("shard {s} does not exist (the index has {})", self.shards.len())))
     }
 
     fn docs_before(&self, s: usize) -> u64 {
@@ -82,9 +73,7 @@ impl Index {
         let shard = self.shard(s)?;
         let w = self.width.bytes() as u64;
         if ptr >= shard.tokenized.len() || ptr % w != 0 {
-            return Err(Error::Query(format!(
-                "pointer {ptr} is not a token position of shard {s}"
-            )));
+            return Err(Error::Query(format!("pointer {ptr} is not a token position of shard {s}")));
         }
         let doc = shard.doc_of(ptr);
         let (start, end) = shard.doc_span(doc);
@@ -107,10 +96,7 @@ impl Index {
     pub fn doc_by_rank(&self, s: usize, rank: u64, max_disp_len: u64) -> Result<DocResult> {
         let shard = self.shard(s)?;
         if rank >= shard.tokens() {
-            return Err(Error::Query(format!(
-                "rank {rank} is past the {} positions of shard {s}",
-                shard.tokens()
-            )));
+            return Err(Error::Query(format!("rank {rank} is past the {} positions of shard {s}", shard.tokens())));
         }
         self.doc_by_ptr(s, shard.pointer(rank), max_disp_len)
     }
@@ -135,30 +121,16 @@ impl Index {
             }
             local -= shard.documents();
         }
-        Err(Error::Query(format!(
-            "document {doc_ix} does not exist (the index has {})",
-            self.documents()
-        )))
+        Err(Error::Query(format!("document {doc_ix} does not exist (the index has {})", self.documents())))
     }
 
     /// `maxnum` occurrences of an n-gram drawn at random (with replacement), with their documents.
-    pub fn search_docs(
-        &self,
-        ids: &[u32],
-        maxnum: usize,
-        max_disp_len: u64,
-        seed: Option<u64>,
-    ) -> Result<SearchDocsResult> {
+    pub fn search_docs(&self, ids: &[u32], maxnum: usize, max_disp_len: u64, seed: Option<u64>) -> Result<SearchDocsResult> {
         if maxnum == 0 {
             return Err(Error::Query("maxnum must be at least 1".into()));
         }
         let found = self.find(ids)?;
-        let mut result = SearchDocsResult {
-            cnt: found.count,
-            approx: false,
-            idxs: vec![],
-            documents: vec![],
-        };
+        let mut result = SearchDocsResult { cnt: found.count, approx: false, idxs: vec![], documents: vec![] };
         if found.count == 0 {
             return Ok(result);
         }
@@ -167,9 +139,7 @@ impl Index {
             let idx = rng.gen_range(0..found.count);
             let (s, rank) = locate(&found.segments, idx);
             result.idxs.push(idx);
-            result
-                .documents
-                .push(self.doc_by_rank(s, rank, max_disp_len)?);
+            result.documents.push(self.doc_by_rank(s, rank, max_disp_len)?);
         }
         Ok(result)
     }

@@ -101,27 +101,14 @@ impl Shard {
     ///
     /// The ranges are split level by level rather than depth first: the probes of one level do not
     /// depend on each other, so the processor overlaps their memory accesses.
-    fn next_token_counts(
-        &self,
-        num_bytes: u64,
-        start: u64,
-        end: u64,
-        unit: u64,
-        eos: u32,
-        out: &mut BTreeMap<u32, u64>,
-    ) {
+    fn next_token_counts(&self, num_bytes: u64, start: u64, end: u64, unit: u64, eos: u32, out: &mut BTreeMap<u32, u64>) {
         struct Range {
             start: u64,
             end: u64,
             first: Option<Option<u32>>,
             last: Option<Option<u32>>,
         }
-        let mut level = vec![Range {
-            start,
-            end,
-            first: None,
-            last: None,
-        }];
+        let mut level = vec![Range { start, end, first: None, last: None }];
         let mut next = Vec::new();
         while !level.is_empty() {
             for r in level.iter_mut().filter(|r| r.end - r.start >= 4 * unit) {
@@ -140,32 +127,16 @@ impl Shard {
                     let mut rank = r.start;
                     while rank < r.end {
                         let full = rank + unit <= r.end;
-                        let mid = if full {
-                            rank + unit / 2
-                        } else {
-                            (rank + r.end) / 2
-                        };
-                        *out.entry(self.next_token(mid, num_bytes, eos)).or_default() +=
-                            if full { unit } else { r.end - rank };
+                        let mid = if full { rank + unit / 2 } else { (rank + r.end) / 2 };
+                        *out.entry(self.next_token(mid, num_bytes, eos)).or_default() += if full { unit } else { r.end - rank };
                         rank += unit;
                     }
                 } else if r.first == r.last {
-                    *out.entry(self.next_token(r.start, num_bytes, eos))
-                        .or_default() += r.end - r.start;
+                    *out.entry(self.next_token(r.start, num_bytes, eos)).or_default() += r.end - r.start;
                 } else {
                     let mid = (r.start + r.end) / 2;
-                    next.push(Range {
-                        start: r.start,
-                        end: mid,
-                        first: r.first,
-                        last: None,
-                    });
-                    next.push(Range {
-                        start: mid,
-                        end: r.end,
-                        first: None,
-                        last: r.last,
-                    });
+                    next.push(Range { start: r.start, end: mid, first: r.first, last: None });
+                    next.push(Range { start: mid, end: r.end, first: None, last: r.last });
                 }
             }
             std::mem::swap(&mut level, &mut next);
@@ -247,11 +218,7 @@ impl Index {
         let found = self.find(context)?;
         encode_query(self.width, &[token])?;
         if found.count == 0 {
-            return Ok(ProbResult {
-                prompt_cnt: 0,
-                cont_cnt: 0,
-                prob: -1.0,
-            });
+            return Ok(ProbResult { prompt_cnt: 0, cont_cnt: 0, prob: -1.0 });
         }
         let mut full = context.to_vec();
         full.push(token);
@@ -280,11 +247,7 @@ impl Index {
         }
         let found = self.find(context)?;
         if found.count == 0 {
-            return Ok(NtdResult {
-                prompt_cnt: 0,
-                result_by_token_id: BTreeMap::new(),
-                approx: false,
-            });
+            return Ok(NtdResult { prompt_cnt: 0, result_by_token_id: BTreeMap::new(), approx: false });
         }
         let mut unit = 1u64;
         while found.count > unit.saturating_mul(max_support) {
@@ -298,21 +261,9 @@ impl Index {
         let total: u64 = counts.values().sum();
         let result_by_token_id = counts
             .into_iter()
-            .map(|(t, c)| {
-                (
-                    t,
-                    TokenCount {
-                        cont_cnt: c,
-                        prob: c as f64 / total as f64,
-                    },
-                )
-            })
+            .map(|(t, c)| (t, TokenCount { cont_cnt: c, prob: c as f64 / total as f64 }))
             .collect();
-        Ok(NtdResult {
-            prompt_cnt: total,
-            result_by_token_id,
-            approx: unit > 1,
-        })
+        Ok(NtdResult { prompt_cnt: total, result_by_token_id, approx: unit > 1 })
     }
 
     /// The length of the longest suffix of `context` that occurs in the index.
