@@ -14,11 +14,11 @@ mod render;
 use ibid::api::{QueryEngine, QueryIds, QueryRequest, QueryType};
 use ibid::corpus::{CorpusOptions, InputFormat};
 use ibid::generate::{generate, GenerateOptions};
-use ibid::index::{self, BuildObserver, BuildOptions, Index, OpenOptions};
 use ibid::model::{Model, TextStream};
 use ibid::serve::ServeOptions;
-use ibid::tokenize::{TokenWidth, TokenizerSpec};
 use ibid::verify::{SamplingParams, Session, SessionOptions};
+use ibid::index::{self, BuildObserver, BuildOptions, Index, OpenOptions};
+use ibid::tokenize::{TokenWidth, TokenizerSpec};
 
 #[derive(Parser)]
 #[command(name = "ibid", version, about = "Suffix-array corpus indexes, n-gram queries and lossless accelerated generation")]
@@ -601,8 +601,8 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let report: serde_json::Value =
             serde_json::from_slice(&text).with_context(|| format!("{} is not a JSON report", file.display()))?;
-        let reference: Vec<u32> =
-            serde_json::from_value(report["token_ids"].clone()).with_context(|| format!("{} has no token_ids list", file.display()))?;
+        let reference: Vec<u32> = serde_json::from_value(report["token_ids"].clone())
+            .with_context(|| format!("{} has no token_ids list", file.display()))?;
         proposers.push(Box::new(ibid::draft::OracleDrafter::new(prompt_tokens.len(), reference)));
     }
     let mut drafter = ibid::draft::Combined::new(proposers);
@@ -732,8 +732,9 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     session.n_batch = session.n_batch.max(parallel * (1 + max_budget as u32)).max(sequences + 1);
     let config = ibid::server::WorkerConfig { session, request_ctx: n_ctx, sources, max_budget, queue: args.queue };
     let (queue, worker) = ibid::server::worker::spawn(model.clone(), index.clone(), recycle, config, metrics.clone())?;
-    let name =
-        args.name.clone().unwrap_or_else(|| args.model.model.file_name().map_or("model".into(), |f| f.to_string_lossy().into_owned()));
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.model.model.file_name().map_or("model".into(), |f| f.to_string_lossy().into_owned())
+    });
     let options = ibid::server::ServerOptions {
         max_body_bytes: args.max_body as usize,
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),

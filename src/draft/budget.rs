@@ -37,34 +37,9 @@ const SINGLE_RATE: f64 = 0.1;
 /// mean of two `ibid calibrate` runs), used until `ibid calibrate` has run for the model. Odd sizes
 /// cost more than the next even one there.
 const DEFAULT_CURVE: [(usize, f64); 28] = [
-    (1, 1.0),
-    (2, 1.21),
-    (3, 1.96),
-    (4, 1.77),
-    (5, 2.55),
-    (6, 2.24),
-    (7, 3.07),
-    (8, 2.75),
-    (9, 3.55),
-    (10, 3.22),
-    (11, 3.98),
-    (12, 3.67),
-    (13, 4.43),
-    (14, 4.10),
-    (15, 4.94),
-    (16, 4.57),
-    (20, 5.56),
-    (21, 6.35),
-    (24, 6.52),
-    (25, 7.29),
-    (32, 8.30),
-    (33, 9.11),
-    (40, 10.19),
-    (41, 10.93),
-    (48, 11.79),
-    (49, 12.86),
-    (64, 15.82),
-    (65, 16.38),
+    (1, 1.0), (2, 1.21), (3, 1.96), (4, 1.77), (5, 2.55), (6, 2.24), (7, 3.07), (8, 2.75), (9, 3.55), (10, 3.22),
+    (11, 3.98), (12, 3.67), (13, 4.43), (14, 4.10), (15, 4.94), (16, 4.57), (20, 5.56), (21, 6.35), (24, 6.52),
+    (25, 7.29), (32, 8.30), (33, 9.11), (40, 10.19), (41, 10.93), (48, 11.79), (49, 12.86), (64, 15.82), (65, 16.38),
 ];
 
 /// The largest tree `--budget auto` considers: long copies pay for long chains.
@@ -78,8 +53,13 @@ impl Budget {
 
     /// Trees of at most `max` nodes for each of up to `slots` sequences verified in one batch.
     pub fn for_slots(curve: Option<&CostCurve>, max: usize, slots: usize) -> Self {
-        let default =
-            CostCurve { model_file: String::new(), model_bytes: 0, threads: 1, context_tokens: 0, seconds: DEFAULT_CURVE.to_vec() };
+        let default = CostCurve {
+            model_file: String::new(),
+            model_bytes: 0,
+            threads: 1,
+            context_tokens: 0,
+            seconds: DEFAULT_CURVE.to_vec(),
+        };
         let curve = curve.unwrap_or(&default);
         let relative = (0..slots.max(1) * (max + 1)).map(|n| curve.relative(n + 1).max(1.0)).collect();
         Budget { relative, max, steps: 0, observed: ObservedCost::default() }
@@ -95,9 +75,7 @@ impl Budget {
             o.single = Some(o.single.map_or(seconds, |s| s + SINGLE_RATE * (seconds - s)));
             return;
         }
-        let (Some(single), Some(&expected)) = (o.single, self.relative.get(rows - 1)) else {
-            return;
-        };
+        let (Some(single), Some(&expected)) = (o.single, self.relative.get(rows - 1)) else { return };
         // a step slowed by something else (a page fault, another process) counts at most 3× the
         // curve's extra cost, so one outlier does not switch drafting off
         let expected_extra = expected - 1.0;
@@ -235,7 +213,13 @@ mod tests {
 
     #[test]
     fn joint_budget_matches_brute_force_and_keeps_prefixes() {
-        let curve = CostCurve { model_file: String::new(), model_bytes: 0, threads: 1, context_tokens: 0, seconds: DEFAULT_CURVE.to_vec() };
+        let curve = CostCurve {
+            model_file: String::new(),
+            model_bytes: 0,
+            threads: 1,
+            context_tokens: 0,
+            seconds: DEFAULT_CURVE.to_vec(),
+        };
         let trees: Vec<Vec<f64>> = vec![vec![0.95, 0.9, 0.85, 0.2], vec![0.3, 0.1], vec![0.99, 0.97, 0.96, 0.9, 0.6, 0.3]];
         let views: Vec<&[f64]> = trees.iter().map(Vec::as_slice).collect();
         let mut b = Budget::for_slots(Some(&curve), 8, 3);

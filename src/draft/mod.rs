@@ -305,9 +305,7 @@ impl<'a> Combined<'a> {
         let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
         let mut ranked = Ranked::default();
         while ranked.tree.len() < max_nodes {
-            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else {
-                break;
-            };
+            let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else { break };
             let (p, n, parent) = open.swap_remove(best);
             let id = ranked.tree.push(parent, nodes[n].token, nodes[n].source);
             debug_assert_eq!(ranked.tree.depth(id), nodes[n].depth);

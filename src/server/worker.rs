@@ -10,14 +10,12 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::draft::{
-    count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, NgramDrafter, Proposer, Ranked, RecycleDrafter, SourceStats,
-};
+use crate::draft::{count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, NgramDrafter, Proposer, Ranked, RecycleDrafter, SourceStats};
 use crate::generate::{Drafter, GenerateOptions, Generation, StopReason};
+use crate::verify::session::SlotStep;
 use crate::index::Index;
 use crate::model::{Model, TextStream};
 use crate::server::metrics::Metrics;
-use crate::verify::session::SlotStep;
 use crate::verify::{Session, SessionOptions};
 
 /// What a request asks the worker to do.
@@ -45,11 +43,7 @@ pub enum Finish {
 pub enum Event {
     /// Text that is final (a stop string can no longer cut it).
     Text(String),
-    Done {
-        finish: Finish,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-    },
+    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize },
     Failed(String),
 }
 
@@ -293,7 +287,9 @@ pub fn spawn(
             }
         })
         .map_err(|e| crate::Error::Invalid(format!("cannot start the generation thread: {e}")))?;
-    ready_rx.recv().map_err(|_| crate::Error::Invalid("the generation thread stopped before it started".into()))??;
+    ready_rx
+        .recv()
+        .map_err(|_| crate::Error::Invalid("the generation thread stopped before it started".into()))??;
     Ok((queue, handle))
 }
 
@@ -412,10 +408,11 @@ fn step(
     })?;
     drop(work);
     let verified = started.elapsed();
-    budget.observe(ranked.iter().map(|k| 1 + k.tree.len()).sum(), (verified - drafted).as_secs_f64());
+    let rows: usize = ranked.iter().map(|k| 1 + k.tree.len()).sum();
+    budget.observe(rows, (verified - drafted).as_secs_f64());
     tracing::debug!(
         slots = running.len(),
-        rows = ranked.iter().map(|k| 1 + k.tree.len()).sum::<usize>(),
+        rows,
         tokens = outcomes.iter().map(|o| o.emitted.len()).sum::<usize>(),
         draft_ms = drafted.as_secs_f64() * 1e3,
         verify_ms = (verified - drafted).as_secs_f64() * 1e3,
@@ -449,9 +446,7 @@ fn step(
 impl Running {
     /// The job is over: the rest of its text, its metrics and its `Done` event (unless it failed).
     fn finish(mut self, source_names: &[String], metrics: &Metrics) {
-        let Some(generation) = self.generation.take() else {
-            return;
-        }; // failed; the error was sent
+        let Some(generation) = self.generation.take() else { return }; // failed; the error was sent
         let report = generation.finish();
         if !self.stopped {
             let rest = self.stop.push(&self.text.finish()).0 + &self.stop.finish();
