@@ -29,8 +29,10 @@ Methods, each per prompt, in this order:
                       ngram-map-k4v, ngram-mod, ngram-cache), one server per mode, /completion
 All llama.cpp tools come from scripts/build_llama_tools.sh: the llama.cpp source that
 llama-cpp-sys-2 ships, built with the same CMake settings as ibid. Threads, context (4096) and flash
-attention are the same everywhere. Tokens/s counts generated tokens over the decode time (prompt
-processing excluded) as each tool reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead
+attention are the same everywhere. llama.cpp's kernels decide some near-ties otherwise than
+ibid's (its own prompt processing, repacked weights, F16 V cache), so its greedy texts part from
+ibid's on some prompts; "same as plain" counts the prompts whose text equals ibid plain's.
+Tokens/s counts generated tokens over the decode time (prompt processing excluded) as each tool reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead
 "decoded N tokens in S seconds", llama-server timings.predicted_per_second.
 
 Every ibid run starts from the recycling matrix warm-started from the class's index alone
@@ -258,7 +260,8 @@ def ibid_run(model, p, method, args, logs):
     run_logged(cmd, prefix)
     r = json.load(open(report))
     return {'tps': r['tokens_per_s'], 'tokens': r['tokens'], 'per_step': r['tokens_per_step'],
-            'mean_budget': r['mean_budget'], 'token_ids': r['token_ids'], 'sources': r['sources']}
+            'mean_budget': r['mean_budget'], 'token_ids': r['token_ids'], 'sources': r['sources'],
+            'text': r['text']}
 
 
 DECODED = re.compile(r'decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s*([\d.]+) t/s')
@@ -270,14 +273,14 @@ def llama_example(tool, model, p, args, logs, extra=()):
     prefix = os.path.join(logs, f'{p["id"]}-{name}')
     cmd = [os.path.join(LLAMA_BIN, tool), '-m', model, '-f', p['path'], '-n', str(args.max_tokens),
            '-t', str(args.threads), '--temp', '0', '-c', '4096', '-fa', 'on', *extra]
-    _, err = run_logged(cmd, prefix)
+    stdout, err = run_logged(cmd, prefix)
     m = DECODED.search(err)
     if not m:
         die(f'no "decoded ... t/s" line from {tool}; see {prefix}.err')
     n, secs = int(m.group(1)), float(m.group(2))
     steps = None
     a = ACCEPT.search(err)
-    out = {'tps': n / secs, 'tokens': n}
+    out = {'tps': n / secs, 'tokens': n, 'stdout': stdout}
     if a:
         out['accepted'] = int(a.group(1))
     return out
@@ -330,7 +333,7 @@ def server_runs(model, mode, prompts, args, logs):
             with urllib.request.urlopen(req, timeout=1800) as r:
                 ans = json.load(r)
             t = ans['timings']
-            res = {'tps': t['predicted_per_second'], 'tokens': t['predicted_n']}
+            res = {'tps': t['predicted_per_second'], 'tokens': t['predicted_n'], 'text': ans['content']}
             if 'draft_n' in t:
                 res['drafted'], res['accepted'] = t['draft_n'], t.get('draft_n_accepted')
             results[p['id']] = res
@@ -350,6 +353,16 @@ def md_table(header, rows):
     return '\n'.join(lines)
 
 
+def same_as_plain(run, plain):
+    """Whether a run produced ibid plain's output: its tokens (ibid), its text (llama-server), or
+    the text among what it printed (llama-lookup and -lookahead print the prompt first)."""
+    if 'token_ids' in run:
+        return run['token_ids'] == plain['token_ids']
+    if 'text' in run:
+        return run['text'] == plain['text']
+    return plain['text'] in run.get('stdout', '')
+
+
 def summarize(results, prompts, classes, methods):
     rows, summary = [], {}
     for cls in classes:
@@ -363,10 +376,7 @@ def summarize(results, prompts, classes, methods):
             tps = statistics.median(r['tps'] for _, r in runs)
             speedup = statistics.median(r['tps'] / plain[i] for i, r in runs)
             per_step = [r['per_step'] for _, r in runs if 'per_step' in r]
-            same = ''
-            if m.startswith('ibid'):
-                ref = {i: results[i]['ibid plain']['token_ids'] for i in ids}
-                same = f'{sum(r["token_ids"] == ref[i] for i, r in runs)}/{len(runs)}'
+            same = f'{sum(same_as_plain(r, results[i]["ibid plain"]) for i, r in runs)}/{len(runs)}'
             summary[cls][m] = {'tps': tps, 'speedup': speedup,
                                'per_step': statistics.mean(per_step) if per_step else None}
             rows.append([cls, m, f'{tps:.1f}', f'{speedup:.2f}×',
@@ -491,7 +501,7 @@ def main():
         if not args.no_server:
             methods += [f'server:{m}' for m in SERVER_MODES]
     table, ctable, summary, checks = summarize(results, prompts, classes, methods)
-    slim = {pid: {m: {k: v for k, v in r.items() if k != 'token_ids'} for m, r in rs.items()}
+    slim = {pid: {m: {k: v for k, v in r.items() if k not in ('token_ids', 'text', 'stdout')} for m, r in rs.items()}
             for pid, rs in results.items()}
     write_results(out, f'{setup_line(args)}\n\n{table}\n\n{ctable}\n',
                   {'args': vars(args), 'summary': summary, 'checks': checks, 'runs': slim})
