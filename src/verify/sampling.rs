@@ -55,6 +55,11 @@ pub fn top2(logits: &[f32]) -> (u32, f32, f32) {
 /// The first position of the largest value and that value; `None` for no values or only NaNs.
 fn first_max(values: &[f32]) -> Option<(usize, f32)> {
     let best = max_value(values);
+    if best == f32::NEG_INFINITY {
+        // Nothing beats minus infinity, so a plain scan keeps its first position (not the first
+        // minus infinity, which would come after a NaN).
+        return (!values.is_empty()).then_some((0, best));
+    }
     values.iter().position(|&l| l == best).map(|b| (b, best))
 }
 
@@ -213,6 +218,18 @@ mod tests {
             proptest::prop_assert!(got.1 == want.1 && got.2 == want.2, "{:?} != {:?}", got, want);
             proptest::prop_assert_eq!(argmax(&logits), got.0);
         }
+    }
+
+    #[test]
+    fn a_row_without_a_finite_logit_picks_its_first_token_as_a_plain_scan_does() {
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        for row in [vec![nan, -inf], vec![-inf, nan, -inf], vec![nan, nan], vec![-inf]] {
+            assert_eq!(top2(&row), reference_top2(&row), "{row:?}");
+            assert_eq!(argmax(&row), 0, "{row:?}");
+        }
+        assert_eq!(top2(&[nan, -inf, 2.0]), (2, 2.0, f32::NEG_INFINITY));
+        assert_eq!(top2(&[]), (0, f32::NEG_INFINITY, f32::NEG_INFINITY));
+        assert_eq!(argmax(&[inf, nan]), 0);
     }
 
     #[test]
