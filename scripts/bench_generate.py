@@ -32,8 +32,8 @@ llama-cpp-sys-2 ships, built with the same CMake settings as ibid. Threads, cont
 attention are the same everywhere. llama.cpp's kernels decide some near-ties otherwise than
 ibid's (its own prompt processing, repacked weights, F16 V cache), so its greedy texts part from
 ibid's on some prompts; "same as plain" counts the prompts whose text equals ibid plain's.
-Tokens/s counts generated tokens over the decode time (prompt processing excluded) as each tool reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead
-"decoded N tokens in S seconds", llama-server timings.predicted_per_second.
+Tokens/s counts generated tokens over the decode time (prompt processing excluded) as each tool
+reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead "decoded N tokens in S seconds", llama-server timings.predicted_per_second.
 
 Every ibid run starts from the recycling matrix warm-started from the class's index alone
 (--no-recycle-save; a matrix saved next to the index is set aside for the benchmark and put back
@@ -501,7 +501,8 @@ def main():
         if not args.no_server:
             methods += [f'server:{m}' for m in SERVER_MODES]
     table, ctable, summary, checks = summarize(results, prompts, classes, methods)
-    slim = {pid: {m: {k: v for k, v in r.items() if k not in ('token_ids', 'text', 'stdout')} for m, r in rs.items()}
+    bulky = ('token_ids', 'text', 'stdout')
+    slim = {pid: {m: {k: v for k, v in r.items() if k not in bulky} for m, r in rs.items()}
             for pid, rs in results.items()}
     write_results(out, f'{setup_line(args)}\n\n{table}\n\n{ctable}\n',
                   {'args': vars(args), 'summary': summary, 'checks': checks, 'runs': slim})

@@ -52,7 +52,8 @@ pub fn top2(logits: &[f32]) -> (u32, f32, f32) {
     (b as u32, best, second)
 }
 
-/// The first position of the largest value and that value; `None` for no values or only NaNs.
+/// The first position of the largest value and that value (position 0 when no value beats minus
+/// infinity); `None` for no values.
 fn first_max(values: &[f32]) -> Option<(usize, f32)> {
     let best = max_value(values);
     if best == f32::NEG_INFINITY {
