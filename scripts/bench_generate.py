@@ -33,7 +33,8 @@ attention are the same everywhere. llama.cpp's kernels decide some near-ties oth
 ibid's (its own prompt processing, repacked weights, F16 V cache), so its greedy texts part from
 ibid's on some prompts; "same as plain" counts the prompts whose text equals ibid plain's.
 Tokens/s counts generated tokens over the decode time (prompt processing excluded) as each tool
-reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead "decoded N tokens in S seconds", llama-server timings.predicted_per_second.
+reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead "decoded N tokens in S seconds",
+llama-server timings.predicted_per_second.
 
 Every ibid run starts from the recycling matrix warm-started from the class's index alone
 (--no-recycle-save; a matrix saved next to the index is set aside for the benchmark and put back
