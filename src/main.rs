@@ -605,16 +605,26 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
             .with_context(|| format!("{} has no token_ids list", file.display()))?;
         proposers.push(Box::new(ibid::draft::OracleDrafter::new(prompt_tokens.len(), reference)));
     }
+    let drafting = !proposers.is_empty();
     let mut drafter = ibid::draft::Combined::new(proposers);
-    let max_budget = match args.budget.as_str() {
-        "auto" => {
-            let curve = ibid::calibrate::load_cached(&args.model.model, threads);
-            drafter.budget = Some(ibid::draft::Budget::new(curve.as_ref(), ibid::draft::MAX_AUTO_BUDGET));
-            ibid::draft::MAX_AUTO_BUDGET
-        }
-        n => n.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {n:?}"))?,
+    let auto = args.budget == "auto";
+    let max_budget = if auto {
+        ibid::draft::MAX_AUTO_BUDGET
+    } else {
+        args.budget.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {:?}", args.budget))?
     };
     let mut session = Session::new(&model, args.model.session_options(threads))?;
+    // The budget prices drafts with this machine's cost curve (measured now at first use) and
+    // what the sources' estimates were worth in earlier runs.
+    let mut calibrate_s = None;
+    if auto && drafting {
+        let (curve, seconds) = ibid::calibrate::for_session(&mut session, false)?;
+        calibrate_s = Some(seconds);
+        drafter.budget = Some(ibid::draft::Budget::new(Some(&curve), ibid::draft::MAX_AUTO_BUDGET));
+        if let Err(e) = drafter.remember(ibid::calibrate::learnt_path(model.path()), model.path()) {
+            eprintln!("ibid: warning: {e}; learning the sources' acceptance afresh");
+        }
+    }
     let tokens = prompt_tokens;
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, budget: max_budget, ..GenerateOptions::default() };
     let mut text = TextStream::default();
@@ -631,6 +641,11 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     if let Err(e) = drafter.finish() {
         eprintln!("ibid: warning: {e}");
     }
+    if let Some(budget) = &drafter.budget {
+        if let Err(e) = ibid::calibrate::keep_observed(model.path(), threads, budget.observed_extra()) {
+            eprintln!("ibid: warning: {e}");
+        }
+    }
     let mut stats = json!({
         "prompt_tokens": report.prompt_tokens,
         "tokens": report.tokens.len(),
@@ -646,6 +661,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         "cost_scale": drafter.budget.as_ref().map(|b| (b.cost_scale() * 1000.0).round() / 1000.0),
         "sources": drafter.source_report(),
         "recycle_open_s": recycle_open_s,
+        "calibrate_s": calibrate_s,
         "stop": report.stop,
         "threads": threads,
         "kernels": ibid::llama::kernels().tag(),

@@ -119,7 +119,20 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     // With drafting (the default): the first answer equals `ibid generate` from the same state
     // (an empty recycling cache on both sides), and plain decoding (below).
     let drafted = greedy_cli(prompt, 24, "all", cache.path());
+    // A first use: the CLI measured this machine's cost curve quickly before drafting, and kept
+    // what each source's estimates were worth; a later start (the server's) adds a round of
+    // timings to the curve.
+    let curve = || cached_json(cache.path(), "cost-");
+    let rounds = |c: &Value| c["samples"].as_array().unwrap().iter().map(|s| s[1].as_array().unwrap().len()).min().unwrap();
+    assert_eq!((curve()["quick"].as_bool(), rounds(&curve())), (Some(true), 3), "{}", curve());
+    // what the run's steps cost against the curve is kept with it
+    assert!(curve()["observed"][1].as_f64().unwrap() >= 0.0, "{}", curve());
+    let learnt = cached_json(cache.path(), "accept-");
+    assert_eq!(learnt["version"], 1);
+    assert!(learnt["sources"]["context"]["predicted"].as_f64().unwrap() > 0.0, "{learnt}");
+    assert!(learnt["sources"]["ngram"].is_object(), "{learnt}");
     let s = start(&["--no-recycle-save"], cache.path());
+    assert_eq!(rounds(&curve()), 4);
     let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
@@ -335,4 +348,20 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert!(status.success(), "{status:?}");
     let saved: Vec<_> = std::fs::read_dir(index_cache.path().join("ibid")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(saved.iter().any(|f| f.starts_with("recycle-")), "{saved:?}");
+    // and what the sources' estimates were worth, for the next start
+    let learnt = cached_json(index_cache.path(), "accept-");
+    assert!(["context", "ngram", "recycle"].iter().all(|s| learnt["sources"][s].is_object()), "{learnt}");
+}
+
+/// The JSON file in `cache`'s ibid folder whose name starts with `prefix` (there must be one).
+fn cached_json(cache: &Path, prefix: &str) -> Value {
+    let dir = cache.join("ibid");
+    let found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix) && p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(found.len(), 1, "{prefix}* in {}: {found:?}", dir.display());
+    serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap()
 }

@@ -2,6 +2,7 @@
 //! corpus index. Each proposes scored paths; `Combined` merges them into one tree, best first.
 
 pub mod budget;
+mod calibration;
 pub mod context;
 pub mod ngram;
 pub mod oracle;
@@ -13,6 +14,8 @@ use crate::verify::tree::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
 pub use budget::{Budget, MAX_AUTO_BUDGET};
+pub use calibration::{Learnt, SourceRecord, LEARNT_VERSION};
+use calibration::Calibration;
 pub use context::ContextDrafter;
 pub use ngram::NgramDrafter;
 pub use oracle::OracleDrafter;
@@ -109,112 +112,6 @@ pub struct SourceStats {
     pub accepted: u64,
 }
 
-/// Upper edges of the estimate bins but the last; fine near 1, where long copies live.
-const SCORE_EDGES: [f64; 9] = [0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 0.98];
-const SCORE_BINS: usize = SCORE_EDGES.len() + 1;
-/// A source's own estimate counts as this many observations at this fraction of its value
-/// (sources are optimistic until outcomes say otherwise). Each of the three levels shrinks toward
-/// the one above, so a few early failures count three times: with a weight of 2, four rejected
-/// first drafts cut a source to a twentieth of its estimate, below every other source, and it was
-/// never drafted again for the rest of the run (HumanEval prompt 3: context 4 drafts, 1.06× plain,
-/// against 1.41× with the context alone). 8 was best of 2, 4, 8 and 16 on code, copy and chat.
-const PRIOR_WEIGHT: f64 = 8.0;
-const PRIOR_SCALE: f64 = 0.8;
-const DEPTH_BINS: usize = 5;
-
-/// A source's estimate as the prior of its acceptance rate: discounted (sources are optimistic
-/// until outcomes say otherwise), except, for a source whose near-certain estimates are meant
-/// (`sure`), the discount fades out between 0.97 and 0.999: the deep tokens of a long copy are
-/// accepted nearly always, and a chain of 40 discounted by 0.8 each would never be drafted.
-fn prior_of(raw: f64, sure: bool) -> f64 {
-    let raw = raw.clamp(0.01, ceiling(sure));
-    if sure {
-        let trust = ((raw - 0.97) / (SURE_CEILING - 0.97)).clamp(0.0, 1.0);
-        raw * (PRIOR_SCALE + (1.0 - PRIOR_SCALE) * trust)
-    } else {
-        raw * PRIOR_SCALE
-    }
-}
-
-const SURE_CEILING: f64 = 0.999;
-
-/// The highest acceptance probability a source's prior may claim.
-fn ceiling(sure: bool) -> f64 {
-    if sure {
-        SURE_CEILING
-    } else {
-        0.99
-    }
-}
-
-fn score_bin(raw: f64) -> usize {
-    SCORE_EDGES.iter().take_while(|&&edge| raw >= edge).count()
-}
-
-fn depth_bin(depth: usize) -> usize {
-    match depth {
-        0 | 1 => 0,
-        2..=3 => 1,
-        4..=7 => 2,
-        8..=15 => 3,
-        _ => 4,
-    }
-}
-
-/// What each source's estimates turn out to be worth, at two levels: per source and depth bin
-/// (learns fast), and per source, estimate bin and depth bin (learns the shape). Each counts draft
-/// nodes whose parent was accepted ("reached") and how many of those were accepted.
-#[derive(Debug, Clone, Default)]
-struct Calibration {
-    reached: Vec<[[u32; DEPTH_BINS]; SCORE_BINS]>,
-    accepted: Vec<[[u32; DEPTH_BINS]; SCORE_BINS]>,
-    source_reached: Vec<[u32; DEPTH_BINS]>,
-    source_accepted: Vec<[u32; DEPTH_BINS]>,
-    /// Per source over all reached nodes: the sum of its own estimates and the nodes accepted.
-    predicted: Vec<f64>,
-    hits: Vec<f64>,
-    /// Per source: whether its near-certain estimates are meant ([`Proposer::sure_when_certain`]).
-    sure: Vec<bool>,
-}
-
-impl Calibration {
-    fn new(sure: Vec<bool>) -> Self {
-        let sources = sure.len();
-        Calibration {
-            sure,
-            reached: vec![Default::default(); sources],
-            accepted: vec![Default::default(); sources],
-            source_reached: vec![Default::default(); sources],
-            source_accepted: vec![Default::default(); sources],
-            predicted: vec![0.0; sources],
-            hits: vec![0.0; sources],
-        }
-    }
-
-    /// Probability that a node is accepted once its parent was. The source's estimate, scaled by
-    /// how its estimates have fared overall (accepted / predicted, learnt from every depth at
-    /// once), is the prior of the source-and-depth rate; that is the prior of the finer cell.
-    /// Each prior is worth `PRIOR_WEIGHT` observations.
-    fn p(&self, source: usize, raw: f64, depth: usize) -> f64 {
-        let (b, d) = (score_bin(raw), depth_bin(depth));
-        let fared = (self.hits[source] + PRIOR_WEIGHT) / (self.predicted[source] + PRIOR_WEIGHT);
-        let sure = self.sure[source];
-        let raw = (prior_of(raw, sure) * fared).min(ceiling(sure));
-        let coarse = (self.source_accepted[source][d] as f64 + PRIOR_WEIGHT * raw) / (self.source_reached[source][d] as f64 + PRIOR_WEIGHT);
-        (self.accepted[source][b][d] as f64 + PRIOR_WEIGHT * coarse) / (self.reached[source][b][d] as f64 + PRIOR_WEIGHT)
-    }
-
-    fn record(&mut self, source: usize, raw: f64, depth: usize, accepted: bool) {
-        let (b, d) = (score_bin(raw), depth_bin(depth));
-        self.reached[source][b][d] += 1;
-        self.accepted[source][b][d] += u32::from(accepted);
-        self.source_reached[source][d] += 1;
-        self.source_accepted[source][d] += u32::from(accepted);
-        self.predicted[source] += prior_of(raw, self.sure[source]);
-        self.hits[source] += f64::from(u8::from(accepted));
-    }
-}
-
 /// One node of the merged candidate trie.
 struct TrieNode {
     token: u32,
@@ -241,6 +138,8 @@ pub struct Combined<'a> {
     /// Budgets chosen, for `--stats`.
     pub budgets: Vec<usize>,
     calibration: Calibration,
+    /// Where what the sources' estimates are worth is remembered across runs, and what it held.
+    memory: Option<(std::path::PathBuf, Learnt)>,
     /// The last tree with its estimates and shadow nodes, for `observe`.
     last: Ranked,
 }
@@ -256,6 +155,7 @@ impl<'a> Combined<'a> {
             budget: None,
             budgets: Vec::new(),
             calibration: Calibration::new(sure),
+            memory: None,
             last: Ranked::default(),
         }
     }
@@ -279,9 +179,37 @@ impl<'a> Combined<'a> {
             .collect()
     }
 
-    /// Let every source persist what it learnt; the first error is returned after all have run.
+    /// Start from what earlier runs learnt about the sources' estimates (the file at `path`, see
+    /// [`crate::calibrate::learnt_path`]), and save what this run learns there at [`Self::finish`].
+    /// A file that cannot be trusted is not used (the error says why; the caller warns): learning
+    /// starts afresh and replaces it at the end.
+    pub fn remember(&mut self, path: std::path::PathBuf, model: &std::path::Path) -> crate::Result<()> {
+        let fresh = Learnt {
+            version: LEARNT_VERSION,
+            model_file: model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            model_bytes: std::fs::metadata(model).map_or(0, |m| m.len()),
+            ..Learnt::default()
+        };
+        let (earlier, problem) = match Learnt::load(&path) {
+            Ok(Some(l)) => (l, Ok(())),
+            Ok(None) => (fresh, Ok(())),
+            Err(e) => (fresh, Err(e)),
+        };
+        self.calibration.remember(&self.source_names(), &earlier);
+        self.memory = Some((path, earlier));
+        problem
+    }
+
+    /// Let every source persist what it learnt (and the calibration, with [`Self::remember`]);
+    /// the first error is returned after all have run.
     pub fn finish(&mut self) -> crate::Result<()> {
-        let mut first = Ok(());
+        let mut first = match &self.memory {
+            Some((path, earlier)) => {
+                let learnt = Learnt { sources: self.calibration.learnt(&self.source_names(), earlier), ..earlier.clone() };
+                learnt.save(path)
+            }
+            None => Ok(()),
+        };
         for p in &mut self.proposers {
             if let Err(e) = p.finish() {
                 if first.is_ok() {
@@ -608,38 +536,6 @@ mod tests {
     }
 
     #[test]
-    fn a_few_early_failures_do_not_silence_a_source_but_many_do() {
-        let mut c = Calibration::new(vec![false, false]);
-        let before = c.p(0, 0.6, 1);
-        for _ in 0..4 {
-            c.record(0, 0.6, 1, false);
-        }
-        let after_four = c.p(0, 0.6, 1);
-        assert!(after_four < before && after_four > before / 3.0, "{before} → {after_four}");
-        for _ in 0..36 {
-            c.record(0, 0.6, 1, false);
-        }
-        assert!(c.p(0, 0.6, 1) < 0.05, "{}", c.p(0, 0.6, 1));
-        // the other source is untouched; one that keeps succeeding climbs above its own estimate
-        assert_eq!(c.p(1, 0.6, 1), before);
-        for _ in 0..40 {
-            c.record(1, 0.6, 1, true);
-        }
-        assert!(c.p(1, 0.6, 1) > 0.85, "{}", c.p(1, 0.6, 1));
-    }
-
-    #[test]
-    fn near_certain_estimates_of_a_sure_source_are_not_discounted() {
-        let c = Calibration::new(vec![true, false]);
-        let chain = |source: usize| (1..=40).map(|d| c.p(source, 0.9995, d)).product::<f64>();
-        assert!(chain(0) > 0.9, "{}", chain(0)); // a 40-token copy is worth drafting at once
-        assert!(chain(1) < 1e-3, "{}", chain(1));
-        // below 0.97 both are discounted alike
-        assert_eq!(c.p(0, 0.9, 1), c.p(1, 0.9, 1));
-        assert!(c.p(0, 0.9, 1) < 0.75);
-    }
-
-    #[test]
     fn shadow_nodes_teach_the_calibration_without_being_verified() {
         // two sources propose different first tokens; steps verify nothing (budget 0)
         let proposers: Vec<Box<dyn Proposer>> =
@@ -684,8 +580,8 @@ mod tests {
         }
         // source 1 learnt from the node it shared (its p at depth 1 climbs) and from its shadow at depth 2
         assert!(c.calibration.p(1, 0.3, 1) > before + 0.3, "{before} → {}", c.calibration.p(1, 0.3, 1));
-        assert_eq!(c.calibration.source_reached[1][depth_bin(1)], 20);
-        assert_eq!(c.calibration.source_reached[1][depth_bin(2)], 20);
+        assert_eq!(c.calibration.reached_at(1, 1), 20.0);
+        assert_eq!(c.calibration.reached_at(1, 2), 20.0);
         // the tree's counts credit the node to the source it was drafted under
         assert_eq!((c.stats[0].drafted, c.stats[0].accepted, c.stats[1].drafted), (20, 20, 0));
     }

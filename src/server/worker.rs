@@ -206,7 +206,20 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("ibid-generate".into())
         .spawn(move || {
-            let mut session = match Session::new(&model, config.session.clone()) {
+            // One drafter for the server's life: what it learns (acceptance per source, the
+            // recycling matrix) carries over from request to request, and from earlier runs.
+            let mut proposers = config.sources.context_and_index_proposers(index.as_deref());
+            if let (true, Some(r)) = (config.sources.recycle, recycle) {
+                proposers.push(Box::new(r));
+            }
+            let drafting = !proposers.is_empty();
+            let mut drafter = Combined::new(proposers);
+            // This machine's cost curve, measured before the first request at first use.
+            let prepared = Session::new(&model, config.session.clone()).and_then(|mut session| {
+                let curve = if drafting { Some(crate::calibrate::for_session(&mut session, true)?.0) } else { None };
+                Ok((session, curve))
+            });
+            let (mut session, curve) = match prepared {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
                     s
@@ -216,14 +229,11 @@ pub fn spawn(
                     return;
                 }
             };
-            // One drafter for the server's life: what it learns (acceptance per source, the
-            // recycling matrix) carries over from request to request.
-            let curve = crate::calibrate::load_cached(model.path(), config.session.threads);
-            let mut proposers = config.sources.context_and_index_proposers(index.as_deref());
-            if let (true, Some(r)) = (config.sources.recycle, recycle) {
-                proposers.push(Box::new(r));
+            if drafting {
+                if let Err(e) = drafter.remember(crate::calibrate::learnt_path(model.path()), model.path()) {
+                    tracing::warn!("{e}; learning the sources' acceptance afresh");
+                }
             }
-            let mut drafter = Combined::new(proposers);
             let slots = config.session.slots as usize;
             let mut budget = Budget::for_slots(curve.as_ref(), config.max_budget, slots);
             let max_paths = config.session.max_sequences as usize;
@@ -283,7 +293,12 @@ pub fn spawn(
                 }
             }
             if let Err(e) = drafter.finish() {
-                tracing::warn!("cannot save the recycling matrix: {e}");
+                tracing::warn!("cannot save what the drafters learnt: {e}");
+            }
+            if drafting {
+                if let Err(e) = crate::calibrate::keep_observed(model.path(), config.session.threads, budget.observed_extra()) {
+                    tracing::warn!("cannot keep what steps cost: {e}");
+                }
             }
         })
         .map_err(|e| crate::Error::Invalid(format!("cannot start the generation thread: {e}")))?;
