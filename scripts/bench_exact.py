@@ -77,7 +77,7 @@ def generate(name, model, p, method, args, logs):
     prefix = os.path.join(logs, f'{p["id"]}-{name}-{method}')
     report = prefix + '.json'
     cmd = [binary, *extra, '--threads', str(args.threads), 'generate', '--model', model, '--prompt-file',
-           p['path'], '--max-tokens', str(args.max_tokens), '--index', bg.CLASS_INDEX[p['class']],
+           p['path'], '--max-tokens', str(args.max_tokens), '--index', p['index'],
            '--report', report, '--no-recycle-save', '--draft', 'none' if method == 'plain' else method]
     bg.run_logged(cmd, prefix)
     r = json.load(open(report))

@@ -23,8 +23,8 @@ use ibid::tokenize::{TokenWidth, TokenizerSpec};
 #[derive(Parser)]
 #[command(name = "ibid", version, about = "Suffix-array corpus indexes, n-gram queries and lossless accelerated generation")]
 struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads, 1 to 256 (default: all cores).
+    #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
     /// llama.cpp's batch-size-dependent CPU kernels: cheaper large verification batches, but
     /// accelerated output may differ from plain decoding where the model is near a tie. Without
@@ -157,8 +157,8 @@ struct BuildArgs {
     /// Memory to plan shards for, e.g. 512M or 8G (default: half of the available memory).
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
-    /// At most this many tokens per shard.
-    #[arg(long)]
+    /// At most this many tokens per shard (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     shard_tokens: Option<u64>,
     /// Replace an existing index at the output path.
     #[arg(long)]
@@ -296,11 +296,11 @@ struct ModelArgs {
     /// The GGUF model file.
     #[arg(long)]
     model: PathBuf,
-    /// Context size in tokens.
-    #[arg(long, default_value_t = 4096)]
+    /// Context size in tokens (128 to 1,048,576).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=1 << 20))]
     ctx: u32,
-    /// Most tokens per decode (prompt chunks; 1 + draft nodes).
-    #[arg(long, default_value_t = 128)]
+    /// Most tokens per decode (prompt chunks; 1 + draft nodes), 2 to 8192 and at most --ctx.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(2..=8192))]
     batch: u32,
 }
 
@@ -309,10 +309,15 @@ impl ModelArgs {
         Model::load(&self.model).with_context(|| format!("cannot load the model {}", self.model.display()))
     }
 
-    fn session_options(&self, threads: usize) -> SessionOptions {
+    /// The session's options; a batch larger than the context is refused here, before llama.cpp
+    /// sees it (it asserts).
+    fn session_options(&self, threads: usize) -> Result<SessionOptions> {
+        if self.batch > self.ctx {
+            anyhow::bail!("--batch {} is larger than --ctx {}", self.batch, self.ctx);
+        }
         let n_batch = self.batch.max(2);
         let max_sequences = SessionOptions::default().max_sequences.min(n_batch - 1);
-        SessionOptions { threads, n_ctx: self.ctx, n_batch, max_sequences, ..SessionOptions::default() }
+        Ok(SessionOptions { threads, n_ctx: self.ctx, n_batch, max_sequences, ..SessionOptions::default() })
     }
 }
 
@@ -394,12 +399,21 @@ struct GenerateArgs {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Most draft tokens verified per step; `auto` (the default) picks it each step from the cost
-    /// curve (`ibid calibrate`) and the acceptance seen so far, up to 16.
+    /// curve (measured at first use, or by `ibid calibrate`) and the acceptance seen so far, up
+    /// to 48.
     #[arg(long, default_value = "auto")]
     budget: String,
     /// Print tokens/s, prompt and decode time to stderr.
     #[arg(long)]
     stats: bool,
+}
+
+/// Threads: 1 to 256 (more would only be spawned to wait; ggml's threads busy-wait).
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=256).contains(&n) => Ok(n),
+        _ => Err(format!("{s} is not a thread count from 1 to 256")),
+    }
 }
 
 fn parse_width(s: &str) -> Result<TokenWidth, String> {
@@ -563,6 +577,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         seed: args.seed.unwrap_or_else(rand::random),
     };
     sampling.validate()?;
+    let session_options = args.model.session_options(threads)?;
     let model = args.model.load()?;
     let index = match &args.index {
         Some(dir) => {
@@ -613,7 +628,7 @@ fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
     } else {
         args.budget.parse::<usize>().with_context(|| format!("--budget takes a number or auto, not {:?}", args.budget))?
     };
-    let mut session = Session::new(&model, args.model.session_options(threads))?;
+    let mut session = Session::new(&model, session_options)?;
     // The budget prices drafts with this machine's cost curve (measured now at first use) and
     // what the sources' estimates were worth in earlier runs.
     let mut calibrate_s = None;
@@ -689,9 +704,13 @@ fn budget_histogram(budgets: &[usize]) -> serde_json::Value {
 }
 
 fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usize, threads: usize) -> Result<()> {
+    let max = sizes.iter().copied().max().unwrap_or(1);
+    if max > 8191 || context > 1 << 20 || !(1..=1000).contains(&reps) {
+        anyhow::bail!("--sizes go up to 8191, --context up to 1048576, --reps from 1 to 1000");
+    }
+    let max = max as u32;
     let loaded = model.load()?;
-    let max = sizes.iter().copied().max().unwrap_or(1) as u32;
-    let mut options = model.session_options(threads);
+    let mut options = model.session_options(threads)?;
     options.n_batch = options.n_batch.max(max + 1);
     options.n_ctx = options.n_ctx.max(context as u32 + max + 8);
     let mut session = Session::new(&loaded, options)?;
@@ -709,6 +728,7 @@ fn run_calibrate(model: ModelArgs, sizes: Vec<usize>, reps: usize, context: usiz
 fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     use std::sync::Arc;
     let sources = ibid::server::DraftSources::from_names(&args.draft).map_err(anyhow::Error::msg)?;
+    let mut session = args.model.session_options(threads)?;
     let model = Arc::new(args.model.load()?);
     let index = match &args.index {
         Some(dir) => {
@@ -736,7 +756,6 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     let metrics = Arc::new(ibid::server::Metrics::new());
     // One cache for all slots, each slot's trees on its own range of sequence ids (as many as a
     // tree may have paths), and finished requests kept as cached prompts on the ids left.
-    let mut session = args.model.session_options(threads);
     let n_ctx = session.n_ctx as usize;
     let parallel = args.parallel;
     let max_budget = ibid::draft::MAX_AUTO_BUDGET;

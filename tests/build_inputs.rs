@@ -208,6 +208,22 @@ fn existing_index_is_kept_unless_forced() {
     let o = ibid(&["build", p(&b), "-o", p(&precious), "--force", "-q"]);
     assert!(!o.status.success() && stderr(&o).contains("refusing"));
     assert!(precious.join("notes.txt").exists());
+    // nor one that looks like an index but holds a user's file too (it was replaced whole)
+    for decoy in ["ibid.json", "tokenized.0"] {
+        std::fs::write(precious.join(decoy), "{}").unwrap();
+        let o = ibid(&["build", p(&b), "-o", p(&precious), "--force", "-q"]);
+        assert!(!o.status.success() && stderr(&o).contains("refusing"), "{decoy}: {}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(precious.join("notes.txt")).unwrap(), "keep me");
+        std::fs::remove_file(precious.join(decoy)).unwrap();
+    }
+    // an index with its recycling matrix beside it is replaced; a user's file in it stops that
+    std::fs::write(out.join("recycle-model.gguf-1.bin"), "matrix").unwrap();
+    ok(ibid(&["build", p(&a), "-o", p(&out), "--force", "-q"]));
+    assert_eq!(documents(&out), ["first"]);
+    std::fs::write(out.join("my-notes.md"), "mine").unwrap();
+    let o = ibid(&["build", p(&b), "-o", p(&out), "--force", "-q"]);
+    assert!(!o.status.success() && stderr(&o).contains("refusing"), "{}", stderr(&o));
+    assert_eq!((documents(&out), std::fs::read_to_string(out.join("my-notes.md")).unwrap()), (vec!["first".to_string()], "mine".to_string()));
 }
 
 fn built(dir: &Path) -> PathBuf {
@@ -315,4 +331,35 @@ fn a_reader_that_leaves_early_is_not_an_error() {
     // other failures still are errors
     let o = ibid(&["info", p(&dir.path().join("missing"))]);
     assert!(!o.status.success());
+}
+
+/// Numeric flags outside their range are refused by the parser (status 2, a message naming the
+/// flag), before a model, an index or a thread pool sees them: `--ctx 64` made llama.cpp assert,
+/// `--batch 1000000000` crashed it, `--threads 100000` spawned without end, `--shard-tokens 0`
+/// was taken.
+#[test]
+fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", "/nonexistent.gguf", "--prompt", "hi"];
+        args.extend_from_slice(extra);
+        ibid(&args)
+    };
+    for (out, flag) in [
+        (gen(&["--ctx", "64"]), "--ctx"),
+        (gen(&["--batch", "1000000000"]), "--batch"),
+        (gen(&["--batch", "1"]), "--batch"),
+        (ibid(&["--threads", "100000", "info", "/nonexistent"]), "--threads"),
+        (ibid(&["--threads", "0", "info", "/nonexistent"]), "--threads"),
+        (ibid(&["build", "/nonexistent", "--shard-tokens", "0"]), "--shard-tokens"),
+    ] {
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
+    }
+    // a batch larger than the context is refused before the model is loaded
+    let out = gen(&["--ctx", "256", "--batch", "512"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--batch 512 is larger than --ctx 256"), "{}", stderr(&out));
+    // in range, the model's absence is what fails
+    let out = gen(&["--ctx", "128", "--batch", "128", "--threads", "1"]);
+    assert!(stderr(&out).contains("cannot load the model"), "{}", stderr(&out));
 }

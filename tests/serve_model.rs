@@ -150,6 +150,17 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     let (code, v) = post(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}).to_string());
     assert_eq!((code, v["choices"][0]["text"].as_str()), (200, Some(expected.as_str())));
 
+    // A top_k past the vocabulary is the whole vocabulary: it aborted the process (4e9 slots
+    // allocated) or killed the worker (2^62) while /health still said ok.
+    for k in [4_000_000_000u64, 4_611_686_018_427_387_904] {
+        let body = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0.8, "top_k": k, "seed": 3});
+        let (code, v) = post(&s, "/v1/completions", &body.to_string());
+        assert_eq!(code, 200, "top_k {k}: {v}");
+        let whole = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0.8, "top_k": 0, "seed": 3});
+        assert_eq!(v["choices"][0]["text"], post(&s, "/v1/completions", &whole.to_string()).1["choices"][0]["text"]);
+    }
+    assert_eq!(get_text(&s, "/health").contains("\"ok\""), true);
+
     // Requests for the concurrency check below, answered here one at a time: greedy and seeded
     // sampling (a seed fixes plain sampling's draws, and drafting draws the same).
     let together: Vec<Value> = [

@@ -477,6 +477,9 @@ impl Drafter for Combined<'_> {
             // the caller cut the tree further (room or tokens left)
             last.truncate(tree.len());
         }
+        if let Some(b) = self.budget.as_mut() {
+            b.observe_tree(tree.len(), outcome.accepted.len());
+        }
         self.observe_ranked(&last, outcome);
     }
 

@@ -70,12 +70,34 @@ pub fn digest_of(bytes: &[u8]) -> FileDigest {
     }
 }
 
-/// Is `dir` something a forced build may replace: an index, or an empty folder?
+/// Is `dir` something a forced build may replace: a folder whose every entry is an index file (an
+/// empty folder too)? Index files are those the manifest names, the manifest, ibid's recycling
+/// matrices, and without a readable manifest infini-gram's own file names. A folder holding
+/// anything else (a user's file beside an `ibid.json` or a `tokenized.0`) is refused: a forced
+/// build replaced such a folder, other files and all.
 fn replaceable(dir: &Path) -> bool {
-    if dir.join(MANIFEST_FILE).is_file() || dir.join("tokenized.0").is_file() {
-        return true;
-    }
-    std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false)
+    let named: Option<std::collections::BTreeSet<String>> = super::format::Manifest::read(dir)
+        .ok()
+        .map(|m| m.shards.iter().flat_map(|s| s.files.keys().cloned()).collect());
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.into_iter().all(|entry| {
+        let Ok(entry) = entry else { return false };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        entry.file_type().is_ok_and(|t| t.is_file()) && is_index_file(&name, named.as_ref())
+    })
+}
+
+/// Whether `name` is a file of an index whose manifest names `named` (`None`: no manifest).
+fn is_index_file(name: &str, named: Option<&std::collections::BTreeSet<String>>) -> bool {
+    let infini_gram = || {
+        name.split_once('.').is_some_and(|(kind, shard)| {
+            ["tokenized", "table", "offset", "metadata", "metaoff"].contains(&kind)
+                && !shard.is_empty()
+                && shard.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
+    let recycling = name.starts_with("recycle-") && (name.ends_with(".bin") || name.ends_with(".bin.bench-aside"));
+    name == MANIFEST_FILE || recycling || named.map_or_else(infini_gram, |n| n.contains(name))
 }
 
 /// A build in progress: a hidden temporary folder beside the destination, renamed into place at

@@ -47,8 +47,15 @@ impl Default for ServerOptions {
     }
 }
 
+/// Ok only while the generation worker takes jobs.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({"status": "ok", "queued": state.queue.waiting.load(Ordering::Relaxed)})).into_response()
+    let queued = state.queue.waiting.load(Ordering::Relaxed);
+    if state.queue.is_alive() {
+        Json(json!({"status": "ok", "queued": queued})).into_response()
+    } else {
+        let body = json!({"status": "error", "error": "the generation worker has stopped", "queued": queued});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -242,8 +242,14 @@ async fn run(state: Arc<AppState>, prompt: Vec<u32>, checked: Checked, kind: Kin
     let (tx, mut rx) = mpsc::unbounded_channel();
     let deadline = Instant::now() + state.timeout;
     let job = Job { prompt, options: checked.options, stop: checked.stop, deadline, events: tx };
-    if state.queue.submit(job).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: the generation queue is full; retry later");
+    match state.queue.submit(job) {
+        Ok(()) => {}
+        Err(super::worker::Refused::Full) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: the generation queue is full; retry later")
+        }
+        Err(super::worker::Refused::Stopped) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "the generation worker has stopped; restart the server")
+        }
     }
     let (id, object) = match kind {
         Kind::Completion => (request_id("cmpl"), "text_completion"),

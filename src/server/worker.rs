@@ -123,18 +123,40 @@ pub struct Queue {
     pub waiting: Arc<AtomicU64>,
 }
 
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Full,
+    /// The worker thread has ended: nothing will be generated again.
+    Stopped,
+}
+
 impl Queue {
-    /// Queue a job, or give it back when the queue is full (or the worker has stopped).
-    #[allow(clippy::result_large_err)]
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queue a job, or say why not.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
         match self.jobs.try_send(job) {
             Ok(()) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => Err(job),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Refused::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refused::Stopped),
         }
     }
+
+    /// Whether the worker thread still takes jobs (`/health` tells the truth with it).
+    pub fn is_alive(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+}
+
+/// What a panic carried, as text.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 /// Holds back the end of the text while it could still be the start of a stop string.
@@ -256,16 +278,49 @@ pub fn spawn(
                         break;
                     };
                     waiting.fetch_sub(1, Ordering::Relaxed);
-                    let slot = session.free_slot().expect("a slot is free");
-                    if let Some(r) = start_job(&mut session, slot, job, drafter.stats.len(), &metrics) {
-                        running.push(r);
+                    let Some(slot) = session.free_slot() else {
+                        let _ = job.events.send(Event::Failed("internal error: no free slot".into()));
+                        continue;
+                    };
+                    let events = job.events.clone();
+                    let sources = drafter.stats.len();
+                    // A panic while starting one job fails that job; the cache is emptied (the
+                    // running jobs' cells with it, so they fail too) and the worker goes on.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_job(&mut session, slot, job, sources, &metrics))) {
+                        Ok(Some(r)) => running.push(r),
+                        Ok(None) => {}
+                        Err(panic) => {
+                            let e = format!("internal error: {}", panic_text(&*panic));
+                            tracing::error!("{e} while starting a job; the cache is emptied");
+                            let _ = events.send(Event::Failed(e.clone()));
+                            for r in &mut running {
+                                let _ = r.events.send(Event::Failed(e.clone()));
+                                (r.generation, r.done) = (None, true);
+                            }
+                            session.reset();
+                            running.clear();
+                        }
                     }
                 }
                 if running.is_empty() {
                     continue;
                 }
                 let started = Instant::now();
-                match step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths) {
+                // A panic in a step fails the jobs of that step, not the server: the cache (whose
+                // state the panic may have left half-updated) is emptied and the worker goes on.
+                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths)
+                }));
+                let stepped = stepped.unwrap_or_else(|panic| {
+                    let e = format!("internal error: {}", panic_text(&*panic));
+                    tracing::error!("{e} in a generation step; its jobs fail and the cache is emptied");
+                    session.reset();
+                    for r in &mut running {
+                        r.released = true;
+                    }
+                    Err(crate::Error::Invalid(e))
+                });
+                match stepped {
                     Ok(0) => {}
                     Ok(verified) => {
                         metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
@@ -279,7 +334,7 @@ pub fn spawn(
                         }
                     }
                 }
-                for r in running.iter().filter(|r| r.done) {
+                for r in running.iter().filter(|r| r.done && !r.released) {
                     if let Err(e) = session.release(r.slot) {
                         tracing::warn!("cannot release slot {}: {e}; emptying the cache", r.slot);
                         session.reset();
@@ -322,6 +377,8 @@ struct Running {
     sources: Vec<SourceStats>,
     /// Over, by its end or by an error already sent.
     done: bool,
+    /// Its slot is free already (the cache was emptied).
+    released: bool,
 }
 
 /// Prefill `job`'s prompt into `slot`, unless it no longer needs an answer.
@@ -348,6 +405,7 @@ fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, m
         Ok(generation) => Some(Running {
             slot,
             done: false,
+            released: false,
             generation: Some(generation),
             text: TextStream::default(),
             stop: StopFilter::new(job.stop),
@@ -436,6 +494,7 @@ fn step(
     );
     for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
         drafter.observe_ranked(k, outcome);
+        budget.observe_tree(k.tree.len(), outcome.accepted.len());
         count_by_source(&k.tree, outcome, &mut r.sources);
         let Running { generation, text, stop, events, deadline, stopped, timed_out, done, .. } = &mut **r;
         let generation = generation.as_mut().expect("running");
