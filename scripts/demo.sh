@@ -36,7 +36,7 @@ PY
 for mode in none default all; do
   $IBID generate --model "$MODEL" --index "$INDEX" --prompt-file "$PROMPT_FILE" --max-tokens 96 \
     --draft "$mode" --stats > "data/demo-$mode.txt" 2> "data/demo-$mode.stats"
-  python3 -c "import json,sys; s=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print(f\"{sys.argv[2]:>6}: {s['tokens_per_s']:.1f} tokens/s, {s['tokens_per_step']:.2f} tokens per step\")" "data/demo-$mode.stats" "$mode"
+  python3 -c "import json,sys; s=json.loads(open(sys.argv[1]).read().splitlines()[-1]); c=s.get('calibrate_s'); print(f\"{sys.argv[2]:>6}: {s['tokens_per_s']:.1f} tokens/s, {s['tokens_per_step']:.2f} tokens per step\" + (f\" (first measured this machine's cost curve: {c:.1f} s)\" if c else ''))" "data/demo-$mode.stats" "$mode"
 done
 if cmp -s data/demo-none.txt data/demo-default.txt && cmp -s data/demo-none.txt data/demo-all.txt; then echo "outputs identical"; else echo "outputs differ: a defect, please report it (README, Exactness)"; exit 1; fi
 head -c 400 data/demo-all.txt; echo

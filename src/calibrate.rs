@@ -130,7 +130,7 @@ pub const CONTEXT_TOKENS: usize = 512;
 /// The cost curve for `session`'s model and threads: the cached one; at first use a quick one
 /// measured now (and cached); with `refine`, a quick one gains a round of timings (and is cached
 /// again). Returns the curve and the seconds spent measuring. The session's cache is emptied when
-/// it measures. A curve that cannot be saved is still used (the run warns).
+/// it measures (every slot is free after). A curve that cannot be saved is still used (the run warns).
 ///
 /// A round costs about a second and a half of prefill and timings on 2 cores: worth it at a
 /// server's start, not on every short command-line run, which refines the curve through the cost
@@ -187,6 +187,8 @@ pub fn measure(session: &mut Session<'_>, sizes: &[usize], context_tokens: usize
             t.push(session.time_batch(n)?);
         }
     }
+    // the measuring context is no one's: every slot free again
+    session.reset();
     let seconds = sizes.iter().zip(&timings).map(|(&n, t)| (n, median(t))).collect();
     let samples = sizes.iter().copied().zip(timings).collect();
     let path = session.model().path();
