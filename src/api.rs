@@ -132,13 +132,15 @@ impl QueryEngine {
         match (&req.query_ids, &req.query) {
             (Some(ids), None) => Ok(ids.clone()),
             (None, Some(text)) => {
-                if text.trim().is_empty() {
+                // Whitespace is text: indentation and leading-space tokens are real queries, and a
+                // CNF's terms are exactly what lies between its ` AND ` and ` OR `.
+                if text.is_empty() {
                     return Err(query_err("the query is empty"));
                 }
                 if text.contains(" AND ") || text.contains(" OR ") {
                     let cnf = text
                         .split(" AND ")
-                        .map(|clause| clause.split(" OR ").map(|term| self.tokenize(term.trim())).collect::<Result<Vec<_>>>())
+                        .map(|clause| clause.split(" OR ").map(|term| self.tokenize(term)).collect::<Result<Vec<_>>>())
                         .collect::<Result<Vec<_>>>()?;
                     Ok(QueryIds::Cnf(cnf))
                 } else {

@@ -277,7 +277,10 @@ impl QueryArgs {
     }
 
     fn run(&self, query_type: QueryType, tweak: impl FnOnce(&mut QueryRequest)) -> Result<()> {
-        let engine = self.index.engine(self.tokenizer.as_ref(), !self.ids, !self.ids)?;
+        // fetching a document by number tokenizes nothing: its text is shown if the tokenizer
+        // loads, its token ids either way
+        let needed = !self.ids && !matches!(query_type, QueryType::GetDocByIx);
+        let engine = self.index.engine(self.tokenizer.as_ref(), !self.ids, needed)?;
         let mut req = self.request(query_type)?;
         tweak(&mut req);
         let answer = engine.answer(&req)?;
@@ -467,6 +470,8 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 }
 
 fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
+    // Ctrl-C or a kill leaves no hidden staging folder behind
+    index::write::remove_staging_on_signal()?;
     let tokenizer = args.tokenizer.load().context("cannot load the tokenizer")?;
     let output = args.output.clone().unwrap_or_else(|| index::build::default_output(&args.corpus));
     let mut options = BuildOptions::new(&output);
@@ -548,12 +553,15 @@ fn run_batch(index: IndexArgs, tokenizer: Option<TokenizerSpec>) -> Result<()> {
     let engine = index.engine(tokenizer.as_ref(), true, false)?;
     let stdin = std::io::stdin().lock();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in std::io::BufRead::lines(stdin) {
+    // Lines as bytes: one line of invalid UTF-8 gets its own error answer, and the lines after it
+    // are answered (reading lines as text stopped at the first bad one).
+    for (n, line) in std::io::BufRead::split(stdin, b'\n').enumerate() {
         let line = line.context("reading stdin")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let answer = engine.answer_json(&line).unwrap_or_else(|e| json!({"error": e.to_string()}));
+        let answer = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => engine.answer_json(text).unwrap_or_else(|e| json!({"error": e.to_string()})),
+            Err(e) => json!({"error": format!("line {} is not valid UTF-8: {e}", n + 1)}),
+        };
         serde_json::to_writer(&mut out, &answer)?;
         writeln!(out)?;
     }

@@ -94,6 +94,12 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route: POST / (or /query) with a JSON query, GET /health, GET /info")
 }
 
+/// A route that exists, asked with a method it does not take: a JSON body like every other error
+/// (axum's own 405 has none).
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method (queries are POSTed; /health and /info are GETs)")
+}
+
 /// The query routes alone (`POST /`, `POST /query`, `GET /info`), to mount in a larger server.
 pub fn query_routes(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
     let state = Arc::new(AppState {
@@ -112,6 +118,7 @@ pub fn query_routes(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router 
 pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
     query_routes(engine, options)
         .route("/health", get(health))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
 }

@@ -300,6 +300,41 @@ fn corrupt_or_truncated_indexes_are_refused() {
 
     let v = ok(ibid(&["verify", p(&good), "--deep"]));
     assert_eq!(v["report"]["checksums"], true);
+
+    // What verify passed before: a manifest that leaves a file's checksum out (the file was
+    // skipped, yet "checksums": true), or names a file the shard lacks; metadata offsets past the
+    // metadata or out of order (with checksums that match them); a bytes tokenizer claimed for
+    // 4-byte tokens (every text query counted 0).
+    let edit_manifest = |t: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("ibid.json")).unwrap()).unwrap();
+        edit(&mut m);
+        std::fs::write(t.join("ibid.json"), serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    };
+    let t = copy("unlisted");
+    edit_manifest(&t, &|m| {
+        m["shards"][0]["files"].as_object_mut().unwrap().remove("offset.0");
+    });
+    let o = ibid(&["verify", p(&t)]);
+    assert!(!o.status.success() && stderr(&o).contains("no checksum"), "{}", stderr(&o));
+    let t = copy("phantom");
+    edit_manifest(&t, &|m| {
+        m["shards"][0]["files"]["metadata.7"] = serde_json::json!({"bytes": 1, "xxh3": "0000000000000000"});
+    });
+    let o = ibid(&["verify", p(&t)]);
+    assert!(!o.status.success() && stderr(&o).contains("metadata.7"), "{}", stderr(&o));
+    for (name, at, value) in [("metaoff-past-end", 1usize, u64::MAX / 2), ("metaoff-backwards", 2, 0)] {
+        let t = copy(name);
+        let mut off = std::fs::read(t.join("metaoff.0")).unwrap();
+        off[at * 8..at * 8 + 8].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(t.join("metaoff.0"), &off).unwrap();
+        let digest = serde_json::to_value(ibid::index::write::digest_of(&off)).unwrap();
+        edit_manifest(&t, &|m| m["shards"][0]["files"]["metaoff.0"] = digest.clone());
+        let o = ibid(&["verify", p(&t), "--deep"]);
+        assert!(!o.status.success() && stderr(&o).contains("metaoff.0"), "{name}: {}", stderr(&o));
+    }
+    let t = copy("bytes-on-u32");
+    edit_manifest(&t, &|m| m["token_width"] = serde_json::json!(4));
+    check_open_fails(&t, "does not fit");
 }
 
 #[test]
@@ -362,4 +397,156 @@ fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
     // in range, the model's absence is what fails
     let out = gen(&["--ctx", "128", "--batch", "128", "--threads", "1"]);
     assert!(stderr(&out).contains("cannot load the model"), "{}", stderr(&out));
+}
+
+/// Whitespace is a query like any text (indentation, leading-space tokens): only an empty query
+/// is refused. They were trimmed away and refused as empty.
+#[test]
+fn whitespace_is_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "def f(x):\n    if x:\n        return x\n    return 0\n";
+    let f = dir.path().join("code.txt");
+    std::fs::write(&f, text).unwrap();
+    let out = dir.path().join("idx");
+    ok(ibid(&["build", p(&f), "-o", p(&out), "-q"]));
+    let brute = |q: &str| text.as_bytes().windows(q.len()).filter(|w| *w == q.as_bytes()).count() as u64;
+    for q in ["    ", "\n    ", " return", "        return x"] {
+        let v = ok(ibid(&["count", p(&out), q]));
+        assert_eq!(v["count"].as_u64(), Some(brute(q)), "{q:?}: {v}");
+        assert!(brute(q) > 0, "{q:?}");
+    }
+    // a CNF term is what lies between the operators, its spaces included
+    let v = ok(ibid(&["cnf", p(&out), " return AND x"]));
+    assert!(v["count"].as_u64().unwrap() > 0, "{v}");
+    let o = ibid(&["count", p(&out), ""]);
+    assert!(!o.status.success() && stderr(&o).contains("empty"), "{}", stderr(&o));
+}
+
+/// Batch mode answers every line: a line of invalid UTF-8 gets one error line and the lines after
+/// it are answered (the first bad line ended the run, every later line unanswered).
+#[test]
+fn batch_mode_answers_past_a_line_of_invalid_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.txt");
+    std::fs::write(&f, "hello world, hello again").unwrap();
+    let out = dir.path().join("idx");
+    ok(ibid(&["build", p(&f), "-o", p(&out), "-q"]));
+    let good = br#"{"query_type": "count", "query": "hello"}"#;
+    let mut input = Vec::new();
+    for line in [&good[..], b"{\"query\": \"\xff\xfe\"}", b"", b"not json", &good[..]] {
+        input.extend_from_slice(line);
+        input.push(b'\n');
+    }
+    let o = ibid_stdin(&["query", p(&out)], &input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let answers: Vec<serde_json::Value> =
+        String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert_eq!((answers[0]["count"].as_u64(), answers[3]["count"].as_u64()), (Some(2), Some(2)), "{answers:?}");
+    assert!(answers[1]["error"].as_str().unwrap().contains("line 2 is not valid UTF-8"), "{answers:?}");
+    assert!(answers[2]["error"].is_string(), "{answers:?}");
+}
+
+/// A build stopped by SIGINT, SIGTERM or SIGHUP removes its hidden staging folder, and the next
+/// build beside it removes one that a killed build (SIGKILL) left; a live build's is kept.
+#[test]
+fn interrupted_builds_leave_no_staging_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    // about 24 MB of real-looking text: long enough to be stopped mid-build
+    let f = dir.path().join("big.txt");
+    let line = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n";
+    let text: String = (0..280_000).map(|i| format!("{i} {line}")).collect();
+    std::fs::write(&f, text).unwrap();
+    let staging = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".ibid-build-"))
+            .collect()
+    };
+    for (signal, status) in [("-INT", 130), ("-TERM", 143), ("-HUP", 129)] {
+        let out = dir.path().join("idx");
+        let mut child = Command::new(ibid_bin()).args(["build", p(&f), "-o", p(&out), "-q"]).spawn().unwrap();
+        // wait until its staging folder exists, then stop it
+        let started = std::time::Instant::now();
+        while staging(dir.path()).is_empty() && started.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!staging(dir.path()).is_empty(), "no staging folder appeared");
+        assert!(Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
+        let code = child.wait().unwrap().code();
+        if code == Some(0) {
+            // the build won the race; nothing to check this time
+            std::fs::remove_dir_all(&out).unwrap();
+            continue;
+        }
+        assert_eq!(code, Some(status), "{signal}");
+        assert_eq!(staging(dir.path()), Vec::<String>::new(), "{signal}");
+        assert!(!out.exists(), "{signal}");
+    }
+    // what a SIGKILLed build leaves (its process gone), and one of a live process (this one)
+    let dead = dir.path().join(".ibid-build-4000000000-abc");
+    let live = dir.path().join(format!(".ibid-build-{}-abc", std::process::id()));
+    for d in [&dead, &live] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("tokenized.0"), "partial").unwrap();
+    }
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "hello").unwrap();
+    ok(ibid(&["build", p(&small), "-o", p(&dir.path().join("idx2")), "-q"]));
+    assert!(!dead.exists(), "the dead build's staging folder was kept");
+    assert!(live.exists(), "a live build's staging folder was removed");
+}
+
+/// A FIFO where an index file should be is refused at once: opening it for reading waited for a
+/// writer forever (`ibid info` hung).
+#[test]
+fn a_fifo_in_place_of_an_index_file_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = built(dir.path());
+    for name in ["ibid.json", "tokenized.0"] {
+        let t = dir.path().join(format!("fifo-{name}"));
+        std::fs::create_dir(&t).unwrap();
+        for e in std::fs::read_dir(&good).unwrap().flatten() {
+            std::fs::copy(e.path(), t.join(e.file_name())).unwrap();
+        }
+        std::fs::remove_file(t.join(name)).unwrap();
+        assert!(Command::new("mkfifo").arg(t.join(name)).status().unwrap().success());
+        let mut child = Command::new(ibid_bin()).args(["info", p(&t)]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed().as_secs() > 30 {
+                let _ = child.kill();
+                panic!("ibid info waited on the FIFO {name}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success() && err.contains("not a regular file") && err.contains(name), "{name}: {err}");
+    }
+}
+
+/// Fetching a document by number needs no tokenizer: with the index's model gone, `docs --doc-ix`
+/// still answers (token ids, no text); a text query still says it needs the tokenizer.
+#[test]
+fn a_document_by_number_needs_no_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = built(dir.path());
+    let path = good.join("ibid.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["tokenizer"]["kind"] = serde_json::json!("gguf");
+    m["tokenizer"]["model_file"] = serde_json::json!("gone.gguf");
+    m["tokenizer"]["model_path"] = serde_json::json!("/nonexistent/gone.gguf");
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let v = ok(ibid(&["docs", p(&good), "--doc-ix", "3"]));
+    assert_eq!(v["doc_ix"], 3, "{v}");
+    assert!(!v["token_ids"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v.get("text").is_none(), "{v}");
+    let o = ibid(&["count", p(&good), "hello"]);
+    assert!(!o.status.success() && stderr(&o).contains("tokenizer"), "{}", stderr(&o));
 }

@@ -226,6 +226,38 @@ proptest! {
         let none = c.index.count_cnf(&[vec![t.clone()], vec![never]], &CnfOptions::default()).unwrap();
         prop_assert_eq!(none.count, 0);
     }
+
+    /// The estimator's bounds: the same clause ANDed with itself any number of times, with a
+    /// distance limit that overflows any multiplication and subsampling that multiplies its factor
+    /// in once per clause, never counts more positions than the index has, never wraps to 0, and
+    /// is exact whenever it says so. (`--max-diff-tokens 18446744073709551615` counted 0; 30
+    /// identical clauses counted 18446744073709551615.)
+    #[test]
+    fn cnf_counts_saturate_and_stay_within_the_index(
+        (width, docs, shard_tokens) in corpus_strategy(),
+        picks in prop::collection::vec((any::<prop::sample::Index>(), 1usize..3, any::<u32>()), 1..2),
+        copies in 1usize..31,
+        max_clause_freq in prop::sample::select(vec![1u64, 2, 3, 7, 50_000, u64::MAX]),
+        max_diff_tokens in prop::sample::select(vec![0u64, 100, 1 << 62, u64::MAX]),
+    ) {
+        let c = build(width, docs, shard_tokens);
+        let terms: Vec<Vec<u32>> = contexts(&c, &picks).into_iter().filter(|t| !t.is_empty()).collect();
+        prop_assume!(!terms.is_empty());
+        let t = &terms[0];
+        let cnf = vec![vec![t.clone()]; copies];
+        let got = c.index.count_cnf(&cnf, &CnfOptions { max_clause_freq, max_diff_tokens }).unwrap();
+        let occurrences = brute_count(&c, t);
+        prop_assert!(got.count <= c.index.tokens(), "{} > {} tokens", got.count, c.index.tokens());
+        if !got.approx {
+            // each match grows from one occurrence; with no distance allowed, each matches itself
+            // only; a wide distance never loses them all (a wrapped one did: count 0)
+            prop_assert!(got.count <= occurrences);
+            if max_diff_tokens == 0 {
+                prop_assert_eq!(got.count, occurrences);
+            }
+            prop_assert!(got.count > 0 || occurrences == 0, "{} occurrences, count 0", occurrences);
+        }
+    }
 }
 
 /// Two clauses that co-occur within a window, against a scan of each document.

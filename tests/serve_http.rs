@@ -116,6 +116,16 @@ fn serves_queries_and_survives_bad_requests() {
     assert!(v["error"].is_string());
     let missing = ureq::get(&format!("{}/nope", server.url)).call();
     assert!(matches!(missing, Err(ureq::Error::Status(404, _))));
+    // a route asked with the wrong method: 405 with a JSON body (it had none)
+    for wrong in [ureq::get(&format!("{}/", server.url)).call(), ureq::post(&format!("{}/info", server.url)).call()] {
+        match wrong {
+            Err(ureq::Error::Status(405, r)) => {
+                let v: Value = r.into_json().expect("a JSON body");
+                assert!(v["error"].as_str().unwrap().contains("method"), "{v}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     // still serving
     let (code, v) = post(&server, r#"{"query_type": "count", "query": "the"}"#);

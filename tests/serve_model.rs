@@ -164,6 +164,17 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
         assert_eq!(v["choices"][0]["text"], post(&s, "/v1/completions", &whole.to_string()).1["choices"][0]["text"]);
     }
     assert_eq!(get_text(&s, "/health").contains("\"ok\""), true);
+    // an empty list is an empty prompt, as "" is
+    let empty = |p: Value| post(&s, "/v1/completions", &json!({"prompt": p, "max_tokens": 4, "temperature": 0}).to_string());
+    let (code, v) = empty(json!(""));
+    assert_eq!(code, 200, "{v}");
+    let (code, w) = empty(json!([]));
+    assert_eq!((code, &w["choices"][0]["text"]), (200, &v["choices"][0]["text"]), "{w}");
+    // the model server's routes answer a wrong method with a JSON 405 too
+    match ureq::get(&format!("{}/v1/completions", s.url)).call() {
+        Err(ureq::Error::Status(405, r)) => assert!(r.into_json::<Value>().unwrap()["error"]["message"].is_string()),
+        other => panic!("{other:?}"),
+    }
 
     // Requests for the concurrency check below, answered here one at a time: greedy and seeded
     // sampling (a seed fixes plain sampling's draws, and drafting draws the same).

@@ -112,6 +112,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
+        super::open::regular_file(&path)?;
         let text = std::fs::read(&path).at(&path)?;
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
@@ -136,6 +137,16 @@ impl Manifest {
             if shard.id != i {
                 return Err(Error::corrupt(&path, format!("shard {i} is listed as {}", shard.id)));
             }
+        }
+        // The tokenizer must fit the width: a bytes tokenizer claimed for a u32 index made every
+        // text query count 0 without a word.
+        let t = &manifest.tokenizer;
+        let width = manifest.token_width;
+        if (t.kind == "bytes" && width.bytes() != 1) || t.vocab_size > u64::from(width.separator()) + 1 {
+            return Err(Error::corrupt(
+                &path,
+                format!("its tokenizer ({}, {} tokens) does not fit its {}-byte tokens", t.kind, t.vocab_size, width.bytes()),
+            ));
         }
         Ok(manifest)
     }

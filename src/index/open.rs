@@ -13,6 +13,16 @@ use super::format::{pointer_width, Manifest, ShardFile, MANIFEST_FILE};
 use crate::error::{Error, IoContext, Result};
 use crate::tokenize::TokenWidth;
 
+/// Refuse anything but a regular file before opening it: opening a FIFO for reading waits for a
+/// writer forever (`ibid info` hung), and a device is no index file.
+pub(crate) fn regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).at(path)?;
+    if !meta.is_file() {
+        return Err(Error::corrupt(path, "not a regular file"));
+    }
+    Ok(())
+}
+
 /// A read-only file map; empty files have no map.
 pub struct Mapped {
     map: Option<Mmap>,
@@ -21,6 +31,7 @@ pub struct Mapped {
 
 impl Mapped {
     pub fn open(path: &Path) -> Result<Self> {
+        regular_file(path)?;
         let file = File::open(path).at(path)?;
         let len = file.metadata().at(path)?.len();
         let map = if len == 0 {

@@ -36,10 +36,17 @@ impl Index {
                 .collect();
             if let Some(manifest) = &self.manifest {
                 let entry = &manifest.shards[shard.id];
+                // Every file the manifest names is here, and every file here has its checksum: a
+                // manifest without a file's entry skipped that file and still reported checksums.
+                let here: Vec<String> =
+                    files.iter().map(|m| m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+                if let Some(missing) = entry.files.keys().find(|name| !here.contains(name)) {
+                    return Err(Error::corrupt(&shard.tokenized.path, format!("the manifest names {missing}, which this shard does not have")));
+                }
                 files.par_iter().try_for_each(|m| {
                     let name = m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let Some(expected) = entry.files.get(&name) else {
-                        return Ok(());
+                        return Err(Error::corrupt(&m.path, "the manifest has no checksum for this file"));
                     };
                     let actual = digest_of(m.bytes());
                     if actual != *expected {
@@ -55,6 +62,7 @@ impl Index {
             report.files_checked += files.len();
             report.bytes_checked += files.iter().map(|m| m.len()).sum::<u64>();
             report.pointers_checked += check_pointers(shard)?;
+            check_metadata(shard)?;
             if deep {
                 report.order_checked += check_order(shard)?;
             }
@@ -88,4 +96,29 @@ fn check_order(shard: &Shard) -> Result<u64> {
         Ok(())
     })?;
     Ok(n.saturating_sub(1))
+}
+
+/// Each document's metadata offset is inside the metadata file and after the one before, and
+/// each line is a JSON value.
+fn check_metadata(shard: &Shard) -> Result<()> {
+    let (Some(meta), Some(off)) = (&shard.metadata, &shard.metaoff) else { return Ok(()) };
+    let offsets: Vec<u64> = off.bytes().chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    for (doc, pair) in offsets.windows(2).enumerate() {
+        if pair[0] > pair[1] {
+            return Err(Error::corrupt(&off.path, format!("document {}'s metadata starts before document {doc}'s", doc + 1)));
+        }
+    }
+    if let Some(&last) = offsets.last() {
+        if last > meta.len() {
+            return Err(Error::corrupt(&off.path, format!("an offset ({last}) lies past the end of the metadata ({} bytes)", meta.len())));
+        }
+    }
+    for doc in 0..shard.documents() {
+        let line = shard.metadata_line(doc).unwrap_or_default();
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err() {
+            return Err(Error::corrupt(&meta.path, format!("document {doc}'s metadata is not a JSON line")));
+        }
+    }
+    Ok(())
 }

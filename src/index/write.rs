@@ -101,11 +101,68 @@ fn is_index_file(name: &str, named: Option<&std::collections::BTreeSet<String>>)
 }
 
 /// A build in progress: a hidden temporary folder beside the destination, renamed into place at
-/// the end, removed if the build fails or is dropped.
+/// the end, removed if the build fails or is dropped, or the process gets SIGINT, SIGTERM or
+/// SIGHUP ([`remove_staging_on_signal`]). Its name carries the building process's id, so that the
+/// next build beside it removes what a killed build left (up to 477 MB for a 100 MB corpus).
 pub struct Staging {
     dir: tempfile::TempDir,
     dest: PathBuf,
     force: bool,
+}
+
+const STAGING_PREFIX: &str = ".ibid-build-";
+
+/// Staging folders of this process, for the signal thread to remove.
+static LIVE_STAGING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn live_staging() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE_STAGING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, remove this process's staging folders and exit (status 128 +
+/// the signal's number), as the shell reports a process killed by it. For commands that build.
+pub fn remove_staging_on_signal() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::Invalid(format!("cannot watch for signals: {e}")))?;
+    std::thread::Builder::new()
+        .name("ibid-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                for dir in live_staging().iter() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                std::process::exit(128 + signal);
+            }
+        })
+        .map_err(|e| Error::Invalid(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// Remove staging folders in `parent` whose build process is gone: the id in their name is not a
+/// running process (on Linux, no `/proc/ID`), or, for names from before ids were in them, older
+/// than a day. Elsewhere than Linux only the old names are judged, by age.
+fn remove_stale_staging(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let proc_fs = Path::new("/proc/self").exists();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else { continue };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let pid = rest.split_once('-').map(|(pid, _)| pid).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let stale = match pid {
+            Some(pid) => proc_fs && pid != std::process::id().to_string() && !Path::new("/proc").join(pid).exists(),
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(24 * 3600))),
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 impl Staging {
@@ -126,10 +183,12 @@ impl Staging {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).at(&parent)?;
+        remove_stale_staging(&parent);
         let dir = tempfile::Builder::new()
-            .prefix(".ibid-build-")
+            .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
             .tempdir_in(&parent)
             .at(&parent)?;
+        live_staging().push(dir.path().to_path_buf());
         Ok(Staging {
             dir,
             dest: dest.to_path_buf(),
@@ -145,6 +204,7 @@ impl Staging {
     /// first and removed only after the new one is in place.
     pub fn commit(self) -> Result<()> {
         let parent = self.dir.path().parent().map(Path::to_path_buf).unwrap_or_default();
+        live_staging().retain(|d| d != self.dir.path());
         let staged = self.dir.keep();
         let mut old = None;
         if self.dest.exists() {

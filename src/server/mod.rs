@@ -76,6 +76,11 @@ async fn not_found() -> Response {
     )
 }
 
+/// A route asked with a method it does not take: an OpenAI-shaped error body (axum's has none).
+async fn method_not_allowed() -> Response {
+    openai::error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method (completions are POSTed; /health, /metrics and /v1/models are GETs)")
+}
+
 /// Count every request by route and status.
 async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
@@ -100,7 +105,8 @@ pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &
         let query_options = crate::serve::ServeOptions { timeout: options.timeout.min(Duration::from_secs(30)), ..Default::default() };
         app = app.merge(crate::serve::query_routes(engine, &query_options));
     }
-    app.fallback(not_found)
+    app.method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state, count_requests))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
 }

@@ -348,6 +348,9 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
         Err(resp) => return resp,
     };
     let prompt = match req.prompt {
+        // an empty list is an empty prompt, as "" is (the model's BOS alone)
+        PromptInput::Texts(v) if v.is_empty() => state.model.tokenize_prompt(""),
+        PromptInput::Tokens(ids) if ids.is_empty() => state.model.tokenize_prompt(""),
         PromptInput::Text(t) => state.model.tokenize_prompt(&t),
         PromptInput::Texts(v) if v.len() == 1 => state.model.tokenize_prompt(&v[0]),
         PromptInput::Texts(v) => return bad(format!("one prompt per request, not {}", v.len())),

@@ -60,7 +60,8 @@ impl Index {
                 let mut kept = 0;
                 for seg in segments.iter_mut() {
                     let len = seg.1 - seg.0;
-                    let new_len = (len * per_shard).div_ceil(count);
+                    // in u128: len × per_shard passes u64 for a max_clause_freq near u64::MAX
+                    let new_len = (u128::from(len) * u128::from(per_shard)).div_ceil(u128::from(count)) as u64;
                     let start = seg.0 + rng.gen_range(0..=len - new_len);
                     *seg = (start, start + new_len);
                     kept += new_len;
@@ -95,7 +96,12 @@ impl Index {
         let mut ptrs_by_shard = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
             let (ranges, factor) = cnf_in_shard(shard, s, &clauses, options.max_diff_tokens);
-            cnt += (ranges.len() as f64 * factor) as u64;
+            // Each clause's subsampling factor multiplies in, so many subsampled clauses could
+            // estimate more matches than the shard has positions (30 identical clauses gave
+            // 18446744073709551615): a match starts at a distinct token, so the shard's token
+            // count bounds the estimate, and the found matches bound it from below.
+            let estimate = (ranges.len() as f64 * factor).min(shard.tokens() as f64) as u64;
+            cnt = u64::saturating_add(cnt, estimate.max(ranges.len() as u64));
             approx |= factor != 1.0;
             ptrs_by_shard.push(ranges.into_iter().map(|(l, _)| l).collect());
         }
@@ -153,7 +159,8 @@ fn cnf_in_shard(shard: &Shard, s: usize, clauses: &[Clause], max_diff_tokens: u6
     order.sort_by_key(|c| c.count_by_shard[s]);
     let mut ranges: Vec<(u64, u64)> = ptrs_of(order[0]).into_iter().map(|p| (p, p)).collect();
     let mut factor = order[0].factor_by_shard[s];
-    let diff = max_diff_tokens * shard.width.bytes() as u64;
+    // saturating: a max_diff_tokens of u64::MAX wrapped to a small distance (count 0)
+    let diff = max_diff_tokens.saturating_mul(shard.width.bytes() as u64);
     for clause in &order[1..] {
         let ptrs = ptrs_of(clause);
         let mut next = Vec::new();
@@ -161,8 +168,8 @@ fn cnf_in_shard(shard: &Shard, s: usize, clauses: &[Clause], max_diff_tokens: u6
             // the last match before r, and the first match at or after l
             let below = ptrs.partition_point(|&p| p < r).checked_sub(1).map(|i| ptrs[i]);
             let above = ptrs.get(ptrs.partition_point(|&p| p < l)).copied();
-            let left = below.map(|p| p.min(l)).filter(|&nl| nl + diff >= l);
-            let right = above.map(|p| p.max(r)).filter(|&nr| nr <= r + diff);
+            let left = below.map(|p| p.min(l)).filter(|&nl| nl.saturating_add(diff) >= l);
+            let right = above.map(|p| p.max(r)).filter(|&nr| nr <= r.saturating_add(diff));
             match (left, right) {
                 (Some(nl), Some(nr)) => next.push((nl, nr)),
                 (Some(nl), None) => next.push((nl, r)),
