@@ -191,10 +191,10 @@ pub fn measure(session: &mut Session<'_>, sizes: &[usize], context_tokens: usize
     session.reset();
     let seconds = sizes.iter().zip(&timings).map(|(&n, t)| (n, median(t))).collect();
     let samples = sizes.iter().copied().zip(timings).collect();
-    let path = session.model().path();
+    let (model_file, model_bytes) = model_id(session.model().path());
     Ok(CostCurve {
-        model_file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-        model_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        model_file,
+        model_bytes,
         threads: session.options().threads,
         context_tokens,
         seconds,
@@ -214,9 +214,15 @@ pub fn cache_dir() -> PathBuf {
         .join("ibid")
 }
 
-pub fn cache_path(model: &std::path::Path, threads: usize) -> PathBuf {
+/// A model file's name and size: what cached files for it are keyed by (a file replaced by another
+/// of the same name but a new size gets its own).
+pub fn model_id(model: &Path) -> (String, u64) {
     let name = model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    (name, std::fs::metadata(model).map_or(0, |m| m.len()))
+}
+
+pub fn cache_path(model: &Path, threads: usize) -> PathBuf {
+    let (name, size) = model_id(model);
     let kernels = crate::llama::kernels().tag();
     cache_dir().join(format!("cost-{name}-{size}-t{threads}-{kernels}.json"))
 }
@@ -240,8 +246,7 @@ pub fn keep_observed(model: &Path, threads: usize, observed: [f64; 2]) -> Result
 /// Where what the draft sources' estimates turned out to be worth is kept for a model file
 /// (see [`crate::draft::Learnt`]): beside its cost curves, one file for all thread counts.
 pub fn learnt_path(model: &Path) -> PathBuf {
-    let name = model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let (name, size) = model_id(model);
     cache_dir().join(format!("accept-{name}-{size}.json"))
 }
 

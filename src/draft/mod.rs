@@ -184,12 +184,8 @@ impl<'a> Combined<'a> {
     /// A file that cannot be trusted is not used (the error says why; the caller warns): learning
     /// starts afresh and replaces it at the end.
     pub fn remember(&mut self, path: std::path::PathBuf, model: &std::path::Path) -> crate::Result<()> {
-        let fresh = Learnt {
-            version: LEARNT_VERSION,
-            model_file: model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-            model_bytes: std::fs::metadata(model).map_or(0, |m| m.len()),
-            ..Learnt::default()
-        };
+        let (model_file, model_bytes) = crate::calibrate::model_id(model);
+        let fresh = Learnt { version: LEARNT_VERSION, model_file, model_bytes, ..Learnt::default() };
         let (earlier, problem) = match Learnt::load(&path) {
             Ok(Some(l)) => (l, Ok(())),
             Ok(None) => (fresh, Ok(())),

@@ -91,7 +91,7 @@ fn replaceable(dir: &Path) -> bool {
 fn is_index_file(name: &str, named: Option<&std::collections::BTreeSet<String>>) -> bool {
     let infini_gram = || {
         name.split_once('.').is_some_and(|(kind, shard)| {
-            ["tokenized", "table", "offset", "metadata", "metaoff"].contains(&kind)
+            super::format::ShardFile::ALL.iter().any(|f| f.stem() == kind)
                 && !shard.is_empty()
                 && shard.bytes().all(|b| b.is_ascii_digit())
         })

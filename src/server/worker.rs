@@ -150,6 +150,14 @@ impl Queue {
     }
 }
 
+/// Every running job fails with `e` (its client is told; it is over).
+fn fail_all(running: &mut [Running], e: &str) {
+    for r in running {
+        let _ = r.events.send(Event::Failed(e.to_string()));
+        (r.generation, r.done) = (None, true);
+    }
+}
+
 /// What a panic carried, as text.
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -293,10 +301,7 @@ pub fn spawn(
                             let e = format!("internal error: {}", panic_text(&*panic));
                             tracing::error!("{e} while starting a job; the cache is emptied");
                             let _ = events.send(Event::Failed(e.clone()));
-                            for r in &mut running {
-                                let _ = r.events.send(Event::Failed(e.clone()));
-                                (r.generation, r.done) = (None, true);
-                            }
+                            fail_all(&mut running, &e);
                             session.reset();
                             running.clear();
                         }
@@ -327,12 +332,7 @@ pub fn spawn(
                         metrics.verify_steps.inc();
                         metrics.batch_sequences.inc_by(verified as u64);
                     }
-                    Err(e) => {
-                        for r in &mut running {
-                            let _ = r.events.send(Event::Failed(e.to_string()));
-                            (r.generation, r.done) = (None, true);
-                        }
-                    }
+                    Err(e) => fail_all(&mut running, &e.to_string()),
                 }
                 for r in running.iter().filter(|r| r.done && !r.released) {
                     if let Err(e) = session.release(r.slot) {
