@@ -10,4 +10,4 @@ cargo build --release --all-targets
 cargo test --release -- --test-threads 2
 # The server with the official OpenAI client, then under load (32 clients, 60 s, 0 errors, flat memory).
 python3 scripts/test_openai.py
-python3 scripts/load_test.py --clients 32 --duration 60 --threads 1
+python3 scripts/load_test.py --clients 32 --hostile 8 --duration 60 --threads 1

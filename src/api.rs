@@ -8,13 +8,20 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::index::query::{DEFAULT_MAX_DISP_LEN, DEFAULT_MAX_SUPPORT};
-use crate::index::{CnfOptions, DocResult, Index};
+use crate::index::{CnfOptions, DocResult, Index, Stop};
 use crate::tokenize::{self, Tokenizer};
 
 /// Largest `maxnum` and `maxnum × max_disp_len` one request may ask for.
 pub const MAX_MAXNUM: usize = 1000;
 pub const MAX_DISPLAY_TOKENS: u64 = 10_000_000;
 const DEFAULT_MAXNUM: usize = 1;
+/// Largest `max_clause_freq`: the occurrences of each clause are read and sorted, so this bounds a
+/// CNF request's memory (8 bytes each) and work (~30 ms per clause of a million here) whatever the
+/// index's size. infini-gram's API caps it lower (500,000).
+pub const MAX_CLAUSE_FREQ: u64 = 1_000_000;
+/// Most n-gram terms in one CNF, over all its clauses: each term is one suffix-array search and
+/// each clause one pass over its occurrences.
+pub const MAX_CNF_TERMS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -188,6 +195,11 @@ impl QueryEngine {
     /// Answer one request. The answer carries the query's token ids (and their text when the
     /// tokenizer is known) and the latency in milliseconds.
     pub fn answer(&self, req: &QueryRequest) -> Result<Value> {
+        self.answer_until(req, &Stop::never())
+    }
+
+    /// `answer`, given up with [`Error::Stopped`] when `stop` says so (a server's deadline).
+    pub fn answer_until(&self, req: &QueryRequest, stop: &Stop) -> Result<Value> {
         let start = Instant::now();
         let index = &self.index;
         let max_support = req.max_support.unwrap_or(DEFAULT_MAX_SUPPORT);
@@ -208,8 +220,9 @@ impl QueryEngine {
                     json!({"count": index.count(&ids)?, "approx": false})
                 }
                 QueryIds::Cnf(cnf) => {
+                    check_cnf(&cnf, &cnf_options)?;
                     query_ids = Some(json!(cnf));
-                    serde_json::to_value(index.count_cnf(&cnf, &cnf_options)?)?
+                    serde_json::to_value(index.count_cnf_until(&cnf, &cnf_options, stop)?)?
                 }
             },
             QueryType::Prob | QueryType::InfgramProb => {
@@ -228,9 +241,9 @@ impl QueryEngine {
                 let ids = self.ngram(req)?;
                 remember(&ids);
                 let mut v = if req.query_type == QueryType::Ntd {
-                    serde_json::to_value(index.ntd(&ids, max_support)?)?
+                    serde_json::to_value(index.ntd_until(&ids, max_support, stop)?)?
                 } else {
-                    serde_json::to_value(index.infgram_ntd(&ids, max_support)?)?
+                    serde_json::to_value(index.infgram_ntd_until(&ids, max_support, stop)?)?
                 };
                 if let (Some(tok), Some(map)) = (self.tokenizer.as_deref(), v["result_by_token_id"].as_object_mut()) {
                     for (id, entry) in map.iter_mut() {
@@ -251,11 +264,12 @@ impl QueryEngine {
                 let result = match self.ids(req)? {
                     QueryIds::Ngram(ids) => {
                         remember(&ids);
-                        index.search_docs(&ids, maxnum, max_disp_len, req.seed)?
+                        index.search_docs_until(&ids, maxnum, max_disp_len, req.seed, stop)?
                     }
                     QueryIds::Cnf(cnf) => {
+                        check_cnf(&cnf, &cnf_options)?;
                         query_ids = Some(json!(cnf));
-                        index.search_docs_cnf(&cnf, maxnum, max_disp_len, &cnf_options, req.seed)?
+                        index.search_docs_cnf_until(&cnf, (maxnum, max_disp_len), &cnf_options, req.seed, stop)?
                     }
                 };
                 let docs: Vec<Value> = result.documents.into_iter().map(|d| self.doc_json(d)).collect();
@@ -289,10 +303,28 @@ impl QueryEngine {
 
     /// Answer a JSON request given as text: malformed JSON is an error like any other.
     pub fn answer_json(&self, request: &str) -> Result<Value> {
+        self.answer_json_until(request, &Stop::never())
+    }
+
+    /// `answer_json`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn answer_json_until(&self, request: &str, stop: &Stop) -> Result<Value> {
         let req: QueryRequest =
             serde_json::from_str(request).map_err(|e| query_err(format!("malformed request: {e}")))?;
-        self.answer(&req)
+        self.answer_until(&req, stop)
     }
+}
+
+/// A CNF request's cost bounds: its work grows with the terms and with `max_clause_freq`, not with
+/// the index, so a request cannot ask for more than a bounded amount of it.
+fn check_cnf(cnf: &[Vec<Vec<u32>>], options: &CnfOptions) -> Result<()> {
+    let terms: usize = cnf.iter().map(Vec::len).sum();
+    if terms > MAX_CNF_TERMS {
+        return Err(query_err(format!("a CNF may hold at most {MAX_CNF_TERMS} terms in all (this one has {terms})")));
+    }
+    if options.max_clause_freq > MAX_CLAUSE_FREQ {
+        return Err(query_err(format!("max_clause_freq may be at most {MAX_CLAUSE_FREQ}")));
+    }
+    Ok(())
 }
 
 impl From<serde_json::Error> for Error {

@@ -43,6 +43,10 @@ pub enum Error {
     #[error("invalid query: {0}")]
     Query(String),
 
+    /// A query given up before its answer (its deadline passed, or the server is stopping).
+    #[error("{0}")]
+    Stopped(String),
+
     #[error("suffix array construction failed: {0}")]
     SuffixArray(String),
 

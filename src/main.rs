@@ -781,14 +781,16 @@ fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
     let options = ibid::server::ServerOptions {
         max_body_bytes: args.max_body as usize,
         timeout: std::time::Duration::from_secs_f64(args.timeout.max(0.001)),
+        ..Default::default()
     };
+    let stopping = options.stopping.clone();
     let state = Arc::new(ibid::server::AppState { model, model_name: name, queue, metrics, n_ctx, timeout: options.timeout });
     let app = ibid::server::router(state, engine, &options);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
         eprintln!("ibid: serving {} on http://{}", args.model.model.display(), listener.local_addr()?);
-        ibid::server::serve(app, listener, ibid::serve::shutdown_signal()).await?;
+        ibid::server::serve(app, listener, ibid::serve::raising(stopping, ibid::serve::shutdown_signal())).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     // The app (and with it the queue) is gone: the worker finishes its job and saves.

@@ -3,8 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,16 +19,20 @@ use tokio::sync::Semaphore;
 
 use crate::api::QueryEngine;
 use crate::error::Error;
+use crate::index::Stop;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub addr: SocketAddr,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// A query still running after this long is answered with 503.
+    /// A query still running after this long is stopped and answered with 503.
     pub timeout: Duration,
     /// Queries computed at once; the rest wait their turn.
     pub concurrency: usize,
+    /// Raised when the server begins to shut down: queries in flight stop at their next check
+    /// instead of holding the shutdown up until their deadline.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Default for ServeOptions {
@@ -37,14 +42,16 @@ impl Default for ServeOptions {
             max_body_bytes: 1 << 20,
             timeout: Duration::from_secs(30),
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            stopping: Arc::default(),
         }
     }
 }
 
 struct AppState {
     engine: Arc<QueryEngine>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     timeout: Duration,
+    stopping: Arc<AtomicBool>,
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -56,21 +63,35 @@ async fn query(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesReje
         Ok(b) => b,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let Ok(_permit) = state.permits.acquire().await else {
+    // The permit moves into the computing thread and is released when the computation really
+    // ends, so queries given up by the client or the timer can never pile up threads beyond it.
+    let Ok(permit) = state.permits.clone().acquire_owned().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
     };
     let engine = state.engine.clone();
+    let stop = Stop::at(Instant::now() + state.timeout).or_when(state.stopping.clone());
     let work = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let text = std::str::from_utf8(&body).map_err(|_| Error::Query("the request body is not UTF-8".into()))?;
-        engine.answer_json(text)
+        engine.answer_json_until(text, &stop)
     });
-    match tokio::time::timeout(state.timeout, work).await {
+    // The query checks its deadline itself; the timer here only covers a check that comes late.
+    match tokio::time::timeout(state.timeout + Duration::from_secs(1), work).await {
         Ok(Ok(Ok(answer))) => Json(answer).into_response(),
-        Ok(Ok(Err(e @ Error::Query(_)))) => error(StatusCode::BAD_REQUEST, e),
-        Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Ok(Err(e))) => error_response(&e),
         Ok(Err(join)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the query failed: {join}")),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, format!("the query took longer than {:?}", state.timeout)),
     }
+}
+
+/// The status for a query's error: the caller's fault (400), given up (503), or ours (500).
+fn error_response(e: &Error) -> Response {
+    let status = match e {
+        Error::Query(_) => StatusCode::BAD_REQUEST,
+        Error::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
 }
 
 async fn health() -> Json<Value> {
@@ -104,8 +125,9 @@ async fn method_not_allowed() -> Response {
 pub fn query_routes(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
     let state = Arc::new(AppState {
         engine,
-        permits: Semaphore::new(options.concurrency.max(1)),
+        permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
         timeout: options.timeout,
+        stopping: options.stopping.clone(),
     });
     Router::new()
         .route("/", post(query))
@@ -130,7 +152,15 @@ pub async fn serve(
     options: &ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, options)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(engine, options)).with_graceful_shutdown(raising(options.stopping.clone(), shutdown)).await
+}
+
+/// `shutdown`, raising `flag` when it resolves, so the queries in flight stop.
+pub fn raising(flag: Arc<AtomicBool>, shutdown: impl Future<Output = ()> + Send + 'static) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        shutdown.await;
+        flag.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

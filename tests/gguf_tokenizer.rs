@@ -2,20 +2,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
 use ibid::index::{self, BuildOptions, Index};
 use ibid::tokenize::{self, GgufTokenizer, TokenWidth, Tokenizer, TokenizerSpec};
-
-fn stdlib() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
-        .output()
-        .unwrap();
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 /// One model load serves every check: loading twice in parallel tests would only cost time.
 #[test]

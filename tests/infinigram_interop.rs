@@ -96,13 +96,10 @@ fn u16_tables_are_byte_identical_and_each_tool_reads_the_other() {
 fn infini_gram_reads_an_index_ibid_built_from_text() {
     let dir = tempfile::tempdir().unwrap();
     let corpus: PathBuf = dir.path().join("corpus.jsonl");
-    let stdlib = String::from_utf8(
-        Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"]).output().unwrap().stdout,
-    )
-    .unwrap();
+    let stdlib = stdlib();
     let mut lines = String::new();
     for f in ["textwrap.py", "shlex.py", "fnmatch.py", "glob.py"] {
-        let text = std::fs::read_to_string(Path::new(stdlib.trim()).join(f)).unwrap();
+        let text = std::fs::read_to_string(stdlib.join(f)).unwrap();
         lines.push_str(&serde_json::json!({"text": text, "file": f}).to_string());
         lines.push('\n');
     }

@@ -304,3 +304,26 @@ fn bad_queries_are_errors_not_panics() {
     assert_eq!(i.infgram_prob(&long, 1).unwrap().suffix_len, 2, "[4, 5] ends the query and doc 1");
     assert_eq!(i.prob(&long, 1).unwrap().prob, -1.0);
 }
+
+/// Every query with a loop that can run long gives up with `Stopped` when its stop says so, and
+/// answers as before when it does not.
+#[test]
+fn long_queries_stop_when_asked() {
+    use ibid::index::Stop;
+    use std::time::{Duration, Instant};
+    let docs: Vec<Vec<u32>> = (0..200).map(|d| (0..50).map(|i| 1 + (d * 7 + i * i) % 5).collect()).collect();
+    let c = build(TokenWidth::U16, docs, 100_000);
+    let i = &c.index;
+    let passed = Stop::at(Instant::now());
+    let later = Stop::at(Instant::now() + Duration::from_secs(600));
+    let cnf = vec![vec![vec![1]], vec![vec![2]]];
+    let opts = CnfOptions { max_clause_freq: 50_000, max_diff_tokens: 10 };
+    let stopped = |r: Result<(), ibid::Error>| matches!(r, Err(ibid::Error::Stopped(_)));
+    assert!(stopped(i.count_cnf_until(&cnf, &opts, &passed).map(drop)));
+    assert!(stopped(i.search_docs_cnf_until(&cnf, (3, 20), &opts, Some(1), &passed).map(drop)));
+    assert!(stopped(i.ntd_until(&[1], 1_000_000, &passed).map(drop)));
+    assert!(stopped(i.infgram_ntd_until(&[9, 1], 1_000_000, &passed).map(drop)));
+    assert!(stopped(i.search_docs_until(&[1], 3, 20, Some(1), &passed).map(drop)));
+    assert_eq!(i.count_cnf_until(&cnf, &opts, &later).unwrap(), i.count_cnf(&cnf, &opts).unwrap());
+    assert_eq!(i.ntd_until(&[1], 1_000_000, &later).unwrap(), i.ntd(&[1], 1_000_000).unwrap());
+}

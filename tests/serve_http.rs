@@ -156,3 +156,66 @@ fn refuses_a_corrupt_index_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt index"));
 }
+
+/// The process's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    // fields after the command name: state is [0], utime [11], stime [12] (clock ticks, 100 per second)
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// Issue: a timed-out CNF query kept computing behind its 503 (20 CPU-seconds after four of them,
+/// SIGTERM not honoured within 15 s). Its deadline is now checked inside the query's loops: once
+/// the 503s are out the server is idle, and SIGTERM ends it at once.
+#[test]
+fn a_timed_out_query_stops_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let mut size = 0;
+    for entry in std::fs::read_dir(stdlib()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "py") && size < 6_000_000 {
+            size += std::fs::metadata(&path).unwrap().len();
+            std::fs::copy(&path, corpus.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let index = dir.path().join("idx");
+    run(Command::new(ibid_bin()).args(["build", corpus.to_str().unwrap(), "-o", index.to_str().unwrap(), "-q"]));
+    let mut child = Command::new(ibid_bin())
+        .args(["serve-index", index.to_str().unwrap(), "--addr", "127.0.0.1:0", "--timeout", "0.05"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let server = Server { url: line.trim().rsplit(' ').next().unwrap().to_string(), child };
+    let pid = server.child.id();
+
+    // Eight clauses of four common letters each, far apart: ~250 ms of work each here, eight of
+    // them at once (two computed at a time, the rest waiting for their turn).
+    let clause = ["e OR t OR a OR o", "i OR n OR s OR r", "h OR l OR d OR c", "u OR m OR f OR p"];
+    let cnf = [clause, clause].concat().join(" AND ");
+    let heavy = json!({"query_type": "count", "query": cnf, "max_clause_freq": 1_000_000, "max_diff_tokens": 100_000});
+    let started = std::time::Instant::now();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let posts: Vec<_> = (0..8).map(|_| s.spawn(|| post(&server, &heavy.to_string()))).collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for (code, v) in &answers {
+        assert_eq!(*code, 503, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("deadline"), "{v}");
+    }
+    assert!(started.elapsed().as_secs_f64() < 5.0, "answered after {:?}", started.elapsed());
+    // Idle afterwards: no query goes on computing behind its answer.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let burnt = cpu_seconds(pid) - before;
+    assert!(burnt < 0.2, "{burnt} CPU-seconds spent after every query was answered");
+    // The same query with a deadline it can meet is answered, so the 503s were not refusals.
+    let (code, v) = post(&server, &json!({"query_type": "count", "query": "e AND t", "max_diff_tokens": 3}).to_string());
+    assert_eq!(code, 200, "{v}");
+    assert!(v["count"].as_u64().unwrap() > 0, "{v}");
+}

@@ -15,7 +15,7 @@ pub use format::{Manifest, ShardFile};
 pub use open::{Index, OpenOptions, Shard};
 pub use query::{
     CnfOptions, CountResult, DocResult, FindCnfResult, FindResult, InfgramNtdResult, InfgramProbResult, NtdResult, ProbResult,
-    SearchDocsResult, TokenCount,
+    SearchDocsResult, Stop, TokenCount,
 };
 pub use tokens::TokenBuf;
 pub use verify::VerifyReport;

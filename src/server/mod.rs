@@ -39,11 +39,14 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Queue wait plus generation; past it a generation stops.
     pub timeout: Duration,
+    /// Raised when the server begins to shut down (see [`crate::serve::raising`]): index queries
+    /// in flight stop at once.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_body_bytes: 1 << 20, timeout: Duration::from_secs(300) }
+        ServerOptions { max_body_bytes: 1 << 20, timeout: Duration::from_secs(300), stopping: Arc::default() }
     }
 }
 
@@ -102,7 +105,11 @@ pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &
         .route("/metrics", get(render_metrics))
         .with_state(state.clone());
     if let Some(engine) = engine {
-        let query_options = crate::serve::ServeOptions { timeout: options.timeout.min(Duration::from_secs(30)), ..Default::default() };
+        let query_options = crate::serve::ServeOptions {
+            timeout: options.timeout.min(Duration::from_secs(30)),
+            stopping: options.stopping.clone(),
+            ..Default::default()
+        };
         app = app.merge(crate::serve::query_routes(engine, &query_options));
     }
     app.method_not_allowed_fallback(method_not_allowed)

@@ -132,6 +132,12 @@ pub enum Refused {
 }
 
 impl Queue {
+    /// A queue of `capacity` waiting jobs and the receiving end a worker takes them from.
+    pub fn new(capacity: usize) -> (Queue, mpsc::Receiver<Job>) {
+        let (jobs, rx) = mpsc::channel::<Job>(capacity.max(1));
+        (Queue { jobs, waiting: Arc::new(AtomicU64::new(0)) }, rx)
+    }
+
     /// Queue a job, or say why not.
     pub fn submit(&self, job: Job) -> Result<(), Refused> {
         match self.jobs.try_send(job) {
@@ -228,9 +234,8 @@ pub fn spawn(
     config: WorkerConfig,
     metrics: Arc<Metrics>,
 ) -> crate::Result<(Queue, std::thread::JoinHandle<()>)> {
-    let (tx, mut rx) = mpsc::channel::<Job>(config.queue.max(1));
-    let waiting = Arc::new(AtomicU64::new(0));
-    let queue = Queue { jobs: tx, waiting: waiting.clone() };
+    let (queue, mut rx) = Queue::new(config.queue);
+    let waiting = queue.waiting.clone();
     // The thread makes the context and says whether it could, so that spawn fails, not the thread.
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<crate::Result<()>>(1);
     let handle = std::thread::Builder::new()

@@ -112,6 +112,15 @@ pub fn model_path() -> &'static Path {
     })
 }
 
+/// The Python standard library's folder: real text (code and docstrings) every machine here has.
+pub fn stdlib() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .output()
+        .expect("python3 runs");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -6,7 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::docs::{seeded, SearchDocsResult};
-use super::{encode_query, FindResult};
+use super::{encode_query, FindResult, Stop};
 use crate::error::{Error, Result};
 use crate::index::open::{Index, Shard};
 
@@ -77,6 +77,11 @@ impl Index {
 
     /// Occurrences of a CNF (`[[term, term], [term]]` = (term OR term) AND term).
     pub fn find_cnf(&self, cnf: &[Vec<Vec<u32>>], options: &CnfOptions) -> Result<FindCnfResult> {
+        self.find_cnf_until(cnf, options, &Stop::never())
+    }
+
+    /// `find_cnf`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn find_cnf_until(&self, cnf: &[Vec<Vec<u32>>], options: &CnfOptions, stop: &Stop) -> Result<FindCnfResult> {
         if cnf.is_empty() || cnf.iter().any(|c| c.is_empty() || c.iter().any(|t| t.is_empty())) {
             return Err(Error::Query("a CNF needs at least one clause, and every clause and term must be non-empty".into()));
         }
@@ -95,7 +100,7 @@ impl Index {
         let mut approx = false;
         let mut ptrs_by_shard = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
-            let (ranges, factor) = cnf_in_shard(shard, s, &clauses, options.max_diff_tokens);
+            let (ranges, factor) = cnf_in_shard(shard, s, &clauses, options.max_diff_tokens, stop)?;
             // Each clause's subsampling factor multiplies in, so many subsampled clauses could
             // estimate more matches than the shard has positions (30 identical clauses gave
             // 18446744073709551615): a match starts at a distinct token, so the shard's token
@@ -109,7 +114,12 @@ impl Index {
     }
 
     pub fn count_cnf(&self, cnf: &[Vec<Vec<u32>>], options: &CnfOptions) -> Result<CountResult> {
-        let found = self.find_cnf(cnf, options)?;
+        self.count_cnf_until(cnf, options, &Stop::never())
+    }
+
+    /// `count_cnf`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn count_cnf_until(&self, cnf: &[Vec<Vec<u32>>], options: &CnfOptions, stop: &Stop) -> Result<CountResult> {
+        let found = self.find_cnf_until(cnf, options, stop)?;
         Ok(CountResult { count: found.cnt, approx: found.approx })
     }
 
@@ -122,10 +132,22 @@ impl Index {
         options: &CnfOptions,
         seed: Option<u64>,
     ) -> Result<SearchDocsResult> {
+        self.search_docs_cnf_until(cnf, (maxnum, max_disp_len), options, seed, &Stop::never())
+    }
+
+    /// `search_docs_cnf`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn search_docs_cnf_until(
+        &self,
+        cnf: &[Vec<Vec<u32>>],
+        (maxnum, max_disp_len): (usize, u64),
+        options: &CnfOptions,
+        seed: Option<u64>,
+        stop: &Stop,
+    ) -> Result<SearchDocsResult> {
         if maxnum == 0 {
             return Err(Error::Query("maxnum must be at least 1".into()));
         }
-        let found = self.find_cnf(cnf, options)?;
+        let found = self.find_cnf_until(cnf, options, stop)?;
         let total: u64 = found.ptrs_by_shard.iter().map(|p| p.len() as u64).sum();
         let mut result = SearchDocsResult { cnt: found.cnt, approx: found.approx, idxs: vec![], documents: vec![] };
         if total == 0 {
@@ -133,6 +155,7 @@ impl Index {
         }
         let mut rng = seeded(seed);
         for _ in 0..maxnum {
+            stop.check()?;
             let mut i = rng.gen_range(0..total);
             let mut s = 0;
             while i >= found.ptrs_by_shard[s].len() as u64 {
@@ -148,23 +171,37 @@ impl Index {
 }
 
 /// Matching byte ranges `[l, r]` of all clauses in one shard, and the subsampling factor.
-fn cnf_in_shard(shard: &Shard, s: usize, clauses: &[Clause], max_diff_tokens: u64) -> (Vec<(u64, u64)>, f64) {
-    let ptrs_of = |c: &Clause| -> Vec<u64> {
-        let mut ptrs: Vec<u64> = c.segments_by_shard[s].iter().flat_map(|&(lo, hi)| (lo..hi).map(|r| shard.pointer(r))).collect();
+fn cnf_in_shard(
+    shard: &Shard,
+    s: usize,
+    clauses: &[Clause],
+    max_diff_tokens: u64,
+    stop: &Stop,
+) -> Result<(Vec<(u64, u64)>, f64)> {
+    let ptrs_of = |c: &Clause| -> Result<Vec<u64>> {
+        let mut ptrs = Vec::new();
+        for &(lo, hi) in &c.segments_by_shard[s] {
+            for r in lo..hi {
+                stop.check_at(ptrs.len())?;
+                ptrs.push(shard.pointer(r));
+            }
+        }
+        stop.check()?;
         ptrs.sort_unstable();
-        ptrs
+        Ok(ptrs)
     };
     // Start from the rarest clause in this shard.
     let mut order: Vec<&Clause> = clauses.iter().collect();
     order.sort_by_key(|c| c.count_by_shard[s]);
-    let mut ranges: Vec<(u64, u64)> = ptrs_of(order[0]).into_iter().map(|p| (p, p)).collect();
+    let mut ranges: Vec<(u64, u64)> = ptrs_of(order[0])?.into_iter().map(|p| (p, p)).collect();
     let mut factor = order[0].factor_by_shard[s];
     // saturating: a max_diff_tokens of u64::MAX wrapped to a small distance (count 0)
     let diff = max_diff_tokens.saturating_mul(shard.width.bytes() as u64);
     for clause in &order[1..] {
-        let ptrs = ptrs_of(clause);
+        let ptrs = ptrs_of(clause)?;
         let mut next = Vec::new();
-        for &(l, r) in &ranges {
+        for (i, &(l, r)) in ranges.iter().enumerate() {
+            stop.check_at(i)?;
             // the last match before r, and the first match at or after l
             let below = ptrs.partition_point(|&p| p < r).checked_sub(1).map(|i| ptrs[i]);
             let above = ptrs.get(ptrs.partition_point(|&p| p < l)).copied();
@@ -180,9 +217,16 @@ fn cnf_in_shard(shard: &Shard, s: usize, clauses: &[Clause], max_diff_tokens: u6
         ranges = next;
         factor *= clause.factor_by_shard[s];
     }
-    // A match may not cross a document boundary.
-    let w = shard.width.bytes() as u64;
-    let sep = shard.width.separator();
-    ranges.retain(|&(l, r)| (l / w..r / w).all(|i| shard.token_at(i * w) != Some(sep)));
-    (ranges, factor)
+    // A match may not cross a document boundary: both ends in one document. Looked up in the
+    // document offsets (O(log documents)) rather than by scanning the span for a separator, which
+    // cost O(max_diff_tokens) per match and let one request with a huge max_diff_tokens read the
+    // whole shard once per match.
+    let mut kept = Vec::with_capacity(ranges.len());
+    for (i, &(l, r)) in ranges.iter().enumerate() {
+        stop.check_at(i)?;
+        if shard.doc_of(l) == shard.doc_of(r) {
+            kept.push((l, r));
+        }
+    }
+    Ok((kept, factor))
 }

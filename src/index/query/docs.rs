@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::partition;
+use super::{partition, Stop};
 use crate::error::{Error, Result};
 use crate::index::open::{Index, Shard};
 
@@ -41,7 +41,7 @@ pub struct SearchDocsResult {
 
 impl Shard {
     /// The shard-local number of the document holding byte `ptr`.
-    fn doc_of(&self, ptr: u64) -> u64 {
+    pub(super) fn doc_of(&self, ptr: u64) -> u64 {
         partition(1, self.documents(), |d| self.doc_offset(d) <= ptr) - 1
     }
 
@@ -126,6 +126,18 @@ impl Index {
 
     /// `maxnum` occurrences of an n-gram drawn at random (with replacement), with their documents.
     pub fn search_docs(&self, ids: &[u32], maxnum: usize, max_disp_len: u64, seed: Option<u64>) -> Result<SearchDocsResult> {
+        self.search_docs_until(ids, maxnum, max_disp_len, seed, &Stop::never())
+    }
+
+    /// `search_docs`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn search_docs_until(
+        &self,
+        ids: &[u32],
+        maxnum: usize,
+        max_disp_len: u64,
+        seed: Option<u64>,
+        stop: &Stop,
+    ) -> Result<SearchDocsResult> {
         if maxnum == 0 {
             return Err(Error::Query("maxnum must be at least 1".into()));
         }
@@ -136,6 +148,7 @@ impl Index {
         }
         let mut rng = seeded(seed);
         for _ in 0..maxnum {
+            stop.check()?;
             let idx = rng.gen_range(0..found.count);
             let (s, rank) = locate(&found.segments, idx);
             result.idxs.push(idx);

@@ -3,6 +3,7 @@
 
 mod cnf;
 mod docs;
+mod stop;
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cnf::{CnfOptions, CountResult, FindCnfResult};
 pub use docs::{DocResult, SearchDocsResult, DEFAULT_MAX_DISP_LEN};
+pub use stop::Stop;
 
 use super::open::{Index, Shard};
 use crate::error::{Error, Result};
@@ -101,7 +103,15 @@ impl Shard {
     ///
     /// The ranges are split level by level rather than depth first: the probes of one level do not
     /// depend on each other, so the processor overlaps their memory accesses.
-    fn next_token_counts(&self, num_bytes: u64, start: u64, end: u64, unit: u64, eos: u32, out: &mut BTreeMap<u32, u64>) {
+    fn next_token_counts(
+        &self,
+        num_bytes: u64,
+        (start, end): (u64, u64),
+        unit: u64,
+        eos: u32,
+        out: &mut BTreeMap<u32, u64>,
+        stop: &Stop,
+    ) -> Result<()> {
         struct Range {
             start: u64,
             end: u64,
@@ -110,7 +120,9 @@ impl Shard {
         }
         let mut level = vec![Range { start, end, first: None, last: None }];
         let mut next = Vec::new();
+        let mut steps = 0usize;
         while !level.is_empty() {
+            stop.check()?;
             for r in level.iter_mut().filter(|r| r.end - r.start >= 4 * unit) {
                 if r.first.is_none() {
                     r.first = Some(self.raw_next(r.start, num_bytes));
@@ -126,6 +138,8 @@ impl Shard {
                 if r.end - r.start < 4 * unit {
                     let mut rank = r.start;
                     while rank < r.end {
+                        steps += 1;
+                        stop.check_at(steps)?;
                         let full = rank + unit <= r.end;
                         let mid = if full { rank + unit / 2 } else { (rank + r.end) / 2 };
                         *out.entry(self.next_token(mid, num_bytes, eos)).or_default() += if full { unit } else { r.end - rank };
@@ -141,6 +155,7 @@ impl Shard {
             }
             std::mem::swap(&mut level, &mut next);
         }
+        Ok(())
     }
 }
 
@@ -242,6 +257,11 @@ impl Index {
     /// Next-token distribution after `context`. Exact up to `max_support` occurrences; above
     /// that, occurrences are sampled in blocks of a power of two (infini-gram's approximation).
     pub fn ntd(&self, context: &[u32], max_support: u64) -> Result<NtdResult> {
+        self.ntd_until(context, max_support, &Stop::never())
+    }
+
+    /// `ntd`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn ntd_until(&self, context: &[u32], max_support: u64, stop: &Stop) -> Result<NtdResult> {
         if max_support == 0 {
             return Err(Error::Query("max_support must be at least 1".into()));
         }
@@ -256,7 +276,7 @@ impl Index {
         let num_bytes = (context.len() * self.width.bytes()) as u64;
         let mut counts = BTreeMap::new();
         for (shard, &(lo, hi)) in self.shards.iter().zip(&found.segments) {
-            shard.next_token_counts(num_bytes, lo, hi, unit, self.eos_token_id, &mut counts);
+            shard.next_token_counts(num_bytes, (lo, hi), unit, self.eos_token_id, &mut counts, stop)?;
         }
         let total: u64 = counts.values().sum();
         let result_by_token_id = counts
@@ -304,8 +324,13 @@ impl Index {
 
     /// ∞-gram next-token distribution: `ntd` on the longest suffix of the context that occurs.
     pub fn infgram_ntd(&self, context: &[u32], max_support: u64) -> Result<InfgramNtdResult> {
+        self.infgram_ntd_until(context, max_support, &Stop::never())
+    }
+
+    /// `infgram_ntd`, given up with [`Error::Stopped`] when `stop` says so.
+    pub fn infgram_ntd_until(&self, context: &[u32], max_support: u64, stop: &Stop) -> Result<InfgramNtdResult> {
         let suffix_len = self.longest_suffix(context)?;
-        let ntd = self.ntd(&context[context.len() - suffix_len..], max_support)?;
+        let ntd = self.ntd_until(&context[context.len() - suffix_len..], max_support, stop)?;
         Ok(InfgramNtdResult { ntd, suffix_len })
     }
 }
