@@ -5,7 +5,8 @@
 //! answer that is not JSON, a 5xx, a count that brute force disagrees with, or an answer slower
 //! than [`SLOW`] (a hang).
 //!
-//! `IBID_FUZZ_SCALE` multiplies the number of inputs: 1 in the test suite (about 80,000 inputs),
+//! `IBID_FUZZ_SCALE` multiplies the number of inputs: 1 in the test suite (74,000 inputs, fresh
+//! random ones each run),
 //! `scripts/fuzz.sh` runs 14 (over a million) and prints the table for the README.
 //!
 //! The model server's routes run over the real Gemma tokenizer and chat template; its generation
@@ -44,7 +45,8 @@ fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config { cases: cases * scale(), failure_persistence: None, max_shrink_iters: 2000, ..Config::default() })
 }
 
-/// One line per target for the README's table (`cargo test --test fuzz -- --nocapture`).
+/// One line per target for the README's table (`cargo test --test fuzz -- --nocapture`), printed only
+/// when every case passed: any panic or wrong answer fails the test with the (shrunk) input.
 fn report(target: &str, inputs: u64, started: Instant, slowest: Duration, statuses: &Statuses) {
     let statuses: Vec<String> = statuses.lock().unwrap().iter().map(|(s, n)| format!("{s}: {n}")).collect();
     println!(
