@@ -29,9 +29,14 @@ impl Drop for Server {
 }
 
 fn start(extra: &[&str], cache: &Path) -> Server {
+    start_with(extra, cache, &[])
+}
+
+fn start_with(extra: &[&str], cache: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(ibid_bin())
         .args(["--threads", "1", "serve", "--model", model_path().to_str().unwrap(), "--addr", "127.0.0.1:0", "--ctx", "512"])
         .args(extra)
+        .envs(env.iter().copied())
         .env("XDG_CACHE_HOME", cache)
         .env("IBID_LOG", "warn")
         .stderr(Stdio::piped())
@@ -113,6 +118,7 @@ fn metric(s: &Server, name: &str) -> f64 {
 
 #[test]
 fn serve_answers_like_openai_and_survives_bad_clients() {
+    let _serial = one_model_at_a_time();
     let cache = tempfile::tempdir().unwrap();
     let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
 
@@ -380,6 +386,27 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
 }
 
 /// The JSON file in `cache`'s ibid folder whose name starts with `prefix` (there must be one).
+/// Issue: a panic in the generation worker left a server that looked healthy and answered every
+/// later completion 503 "queue is full". A panic injected into one step fails that step's request
+/// with a 500 that says so; the worker goes on: `/health` stays ok and the next request is answered,
+/// equal to plain decoding.
+#[test]
+fn a_panic_in_a_step_fails_its_request_only() {
+    let _serial = one_model_at_a_time();
+    let cache = tempfile::tempdir().unwrap();
+    let server = start_with(&["--draft", "none"], cache.path(), &[(ibid::server::worker::FAULT_PANIC_AT_STEP, "3")]);
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}).to_string();
+    let (code, v) = post(&server, "/v1/completions", &body);
+    assert_eq!(code, 500, "{v}");
+    assert!(v["error"].to_string().contains("injected"), "{v}");
+    let health = ureq::get(&format!("{}/health", server.url)).call().unwrap();
+    assert_eq!(health.status(), 200);
+    let (code, v) = post(&server, "/v1/completions", &body);
+    assert_eq!(code, 200, "{v}");
+    let plain = greedy_cli("The capital of France is", 8, "none", cache.path());
+    assert_eq!(v["choices"][0]["text"].as_str().unwrap(), plain);
+}
+
 fn cached_json(cache: &Path, prefix: &str) -> Value {
     let dir = cache.join("ibid");
     let found: Vec<_> = std::fs::read_dir(&dir)

@@ -213,6 +213,9 @@ impl StopFilter {
     }
 }
 
+/// The environment variable that makes one generation step panic (a test of containment).
+pub const FAULT_PANIC_AT_STEP: &str = "IBID_FAULT_PANIC_AT_STEP";
+
 pub struct WorkerConfig {
     /// The shared session: one slot per job generated at once, `n_ctx` cells for all of them and
     /// the prompt cache.
@@ -274,6 +277,10 @@ pub fn spawn(
             let max_paths = config.session.max_sequences as usize;
             let mut running: Vec<Running> = Vec::new();
             let mut open = true;
+            // A fault to inject, for the test that a panic in a step is contained: the step with
+            // this number (from 1) panics. Read once; unset, it costs nothing.
+            let panic_at: Option<u64> = std::env::var(FAULT_PANIC_AT_STEP).ok().and_then(|v| v.parse().ok());
+            let mut steps = 0u64;
             while open || !running.is_empty() {
                 // Fill free slots from the queue; wait for a job only when nothing runs.
                 while open && running.len() < slots {
@@ -318,7 +325,11 @@ pub fn spawn(
                 let started = Instant::now();
                 // A panic in a step fails the jobs of that step, not the server: the cache (whose
                 // state the panic may have left half-updated) is emptied and the worker goes on.
+                steps += 1;
                 let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if panic_at == Some(steps) {
+                        panic!("a fault injected at step {steps} ({FAULT_PANIC_AT_STEP})");
+                    }
                     step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths)
                 }));
                 let stepped = stepped.unwrap_or_else(|panic| {
