@@ -447,10 +447,11 @@ def write_prompts(classes, prompts, out, limit=None, index=DEFAULT_INDEX):
 def ibid_run(model, p, method, args, logs, keep=None):
     prefix = os.path.join(logs, f'{p["id"]}-ibid-{method}')
     report = prefix + '.json'
-    cmd = [IBID, '--threads', str(args.threads), 'generate', '--model', model, '--prompt-file', p['path'],
+    binary = args.baseline if method == 'baseline' else IBID
+    cmd = [binary, '--threads', str(args.threads), 'generate', '--model', model, '--prompt-file', p['path'],
            '--max-tokens', str(args.max_tokens), '--index', p['index'], '--report', report,
            '--no-recycle-save']
-    if method != 'default':
+    if method not in ('default', 'baseline'):
         cmd += ['--draft', 'none' if method == 'plain' else method]
     if method == 'oracle':
         cmd += ['--oracle', os.path.join(logs, f'{p["id"]}-ibid-plain.json')]
@@ -720,8 +721,17 @@ def main():
     ap.add_argument('--no-build', action='store_true', help='use target/release/ibid as it is')
     ap.add_argument('--calibrate', action='store_true',
                     help="measure the cost curve into the user's cache first (--home user)")
+    ap.add_argument('--baseline', metavar='BIN',
+                    help='another ibid binary (an earlier build): adds the method "baseline", its default '
+                         'drafters, run interleaved with the others so both are measured in one run')
     args = ap.parse_args()
     ibid_methods = args.methods.split(',')
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
+        if 'baseline' not in ibid_methods:
+            ibid_methods.append('baseline')
+    elif 'baseline' in ibid_methods:
+        die('the method baseline needs --baseline BIN')
     if 'oracle' in ibid_methods and 'plain' not in ibid_methods:
         die('the oracle needs the plain run')
     if args.calibrate and args.home == 'fresh':
