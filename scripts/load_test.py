@@ -53,9 +53,13 @@ def rss_kib(pid):
     return None
 
 
+def model_path():
+    return subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def start_ibid(threads, extra=()):
-    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    model = model_path()
     cache = tempfile.mkdtemp(prefix='ibid-load-')
     proc = subprocess.Popen([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'serve',
                              '--model', model, '--addr', '127.0.0.1:0', *extra],
@@ -74,8 +78,7 @@ def start_ibid(threads, extra=()):
 
 def plain_answers(requests, threads):
     """What plain greedy decoding gives for each request: `ibid generate --draft none`."""
-    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    model = model_path()
     out = {}
     for kind, prompt, max_tokens in requests:
         with tempfile.NamedTemporaryFile(suffix='.json') as report:
@@ -183,23 +186,24 @@ def run_load(url, clients, duration, pid=None, requests=None, model='x', hostile
                 with lock:
                     errors.append(f'{kind}: {e}')
 
-    cases = hostile_requests()
-    specials = [('dropped stream', dropped_stream), ('half-sent request', half_sent)]
+    def expect(method, path, body, want):
+        """An attack: one request; right when its status is wanted and an error has an `error` body."""
+        def attack():
+            code, answer = send_raw(url, method, path, body)
+            return code, code in want and (code == 200 or 'error' in json.loads(answer))
+        return attack
+
+    attacks = [(name, expect(*request)) for name, *request in hostile_requests()]
+    attacks += [('dropped stream', lambda: (dropped_stream(url), True)), ('half-sent request', lambda: (half_sent(url), True))]
 
     def attacker(i):
         rng = random.Random(i)
         while time.monotonic() < stop_at:
-            pick = rng.randrange(len(cases) + len(specials))
+            name, attack = rng.choice(attacks)
             try:
-                if pick < len(cases):
-                    name, method, path, body, want = cases[pick]
-                    code, answer = send_raw(url, method, path, body)
-                    ok = code in want and 'error' in json.loads(answer) if code != 200 else code in want
-                else:
-                    name, fn = specials[pick - len(cases)]
-                    code, ok = fn(url), True
+                code, ok = attack()
             except (urllib.error.URLError, OSError, ValueError) as e:
-                name, code, ok = (cases[pick][0] if pick < len(cases) else specials[pick - len(cases)][0]), None, False
+                code, ok = None, False
                 with lock:
                     errors.append(f'hostile {name}: {e}')
             with lock:

@@ -577,18 +577,18 @@ fn damage_json(bytes: &[u8], value: &Value, word: u64) -> Vec<u8> {
     serde_json::to_vec(&manifest).unwrap()
 }
 
+#[derive(Clone)]
 enum Step {
     Key(String),
     Ix(usize),
 }
 
 fn collect_paths(v: &Value, prefix: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
-    let clone = |p: &Vec<Step>| p.iter().map(|s| match s { Step::Key(k) => Step::Key(k.clone()), Step::Ix(i) => Step::Ix(*i) }).collect::<Vec<_>>();
     match v {
         Value::Object(m) => {
             for (k, child) in m {
                 prefix.push(Step::Key(k.clone()));
-                out.push(clone(prefix));
+                out.push(prefix.clone());
                 collect_paths(child, prefix, out);
                 prefix.pop();
             }
@@ -596,7 +596,7 @@ fn collect_paths(v: &Value, prefix: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
         Value::Array(a) => {
             for (i, child) in a.iter().enumerate() {
                 prefix.push(Step::Ix(i));
-                out.push(clone(prefix));
+                out.push(prefix.clone());
                 collect_paths(child, prefix, out);
                 prefix.pop();
             }

@@ -21,9 +21,10 @@ impl Drop for Server {
     }
 }
 
-fn start(index: &std::path::Path) -> Server {
+fn start(index: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(ibid_bin())
-        .args(["serve-index", index.to_str().unwrap(), "--addr", "127.0.0.1:0", "--max-body", "2K"])
+        .args(["serve-index", index.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -63,7 +64,7 @@ fn build_index(dir: &std::path::Path) -> std::path::PathBuf {
 fn serves_queries_and_survives_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
     let index = build_index(dir.path());
-    let server = start(&index);
+    let server = start(&index, &["--max-body", "2K"]);
 
     let health: Value = ureq::get(&format!("{}/health", server.url)).call().unwrap().into_json().unwrap();
     assert_eq!(health["status"], "ok");
@@ -136,7 +137,7 @@ fn serves_queries_and_survives_bad_requests() {
 fn stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let index = build_index(dir.path());
-    let mut server = start(&index);
+    let mut server = start(&index, &["--max-body", "2K"]);
     let (code, _) = post(&server, r#"{"query_type": "count", "query": "cat"}"#);
     assert_eq!(code, 200);
     run(Command::new("kill").args(["-TERM", &server.child.id().to_string()]));
@@ -183,14 +184,7 @@ fn a_timed_out_query_stops_computing() {
     }
     let index = dir.path().join("idx");
     run(Command::new(ibid_bin()).args(["build", corpus.to_str().unwrap(), "-o", index.to_str().unwrap(), "-q"]));
-    let mut child = Command::new(ibid_bin())
-        .args(["serve-index", index.to_str().unwrap(), "--addr", "127.0.0.1:0", "--timeout", "0.05"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let server = Server { url: line.trim().rsplit(' ').next().unwrap().to_string(), child };
+    let server = start(&index, &["--timeout", "0.05"]);
     let pid = server.child.id();
 
     // Eight clauses of four common letters each, far apart: ~250 ms of work each here, eight of
