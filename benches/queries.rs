@@ -68,9 +68,8 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn inputs() -> Vec<PathBuf> {
-    let from_stdlib: Vec<PathBuf> = stdlib_dir()
-        .map(|d| STDLIB_FILES.iter().map(|f| d.join(f)).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
+    let from_stdlib: Vec<PathBuf> =
+        stdlib_dir().map(|d| STDLIB_FILES.iter().map(|f| d.join(f)).filter(|p| p.is_file()).collect()).unwrap_or_default();
     if from_stdlib.len() >= 3 {
         return from_stdlib;
     }
@@ -109,12 +108,7 @@ fn bench_queries(c: &mut Criterion) {
         .expect("build the bench index");
     drop(report);
     let index = Index::open(&out_dir).expect("open the bench index");
-    eprintln!(
-        "queries bench: {} files, {} documents, {} tokens (bytes)",
-        files.len(),
-        index.documents(),
-        index.tokens()
-    );
+    eprintln!("queries bench: {} files, {} documents, {} tokens (bytes)", files.len(), index.documents(), index.tokens());
     let mut rng = StdRng::seed_from_u64(SEED);
 
     let mut group = c.benchmark_group("count");

@@ -45,18 +45,12 @@ struct Args {
     dist: bool,
 }
 
-const USAGE: &str = "usage: query_latency --index DIR [--token-width 1|2|4] [--eos ID] [--queries FILE|-] [--repeat N] [--max-support N] [--no-dist]";
+const USAGE: &str =
+    "usage: query_latency --index DIR [--token-width 1|2|4] [--eos ID] [--queries FILE|-] [--repeat N] [--max-support N] [--no-dist]";
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        index: String::new(),
-        token_width: None,
-        eos: None,
-        queries: None,
-        repeat: 5,
-        max_support: DEFAULT_MAX_SUPPORT,
-        dist: true,
-    };
+    let mut args =
+        Args { index: String::new(), token_width: None, eos: None, queries: None, repeat: 5, max_support: DEFAULT_MAX_SUPPORT, dist: true };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         // `--name=value` as well as `--name value`.
@@ -133,16 +127,11 @@ fn median(times: &[f64]) -> f64 {
 
 fn ids_of(q: &Value, key: &str) -> Result<Vec<u32>, String> {
     let arr = q.get(key).and_then(Value::as_array).ok_or_else(|| format!("{key} must be a list of token ids"))?;
-    arr.iter()
-        .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| format!("{key} must hold token ids")))
-        .collect()
+    arr.iter().map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| format!("{key} must hold token ids"))).collect()
 }
 
 fn token_of(q: &Value, key: &str) -> Result<u32, String> {
-    q.get(key)
-        .and_then(Value::as_u64)
-        .and_then(|x| u32::try_from(x).ok())
-        .ok_or_else(|| format!("{key} must be a token id"))
+    q.get(key).and_then(Value::as_u64).and_then(|x| u32::try_from(x).ok()).ok_or_else(|| format!("{key} must be a token id"))
 }
 
 fn support_of(q: &Value, default: u64) -> Result<u64, String> {
@@ -155,11 +144,8 @@ fn support_of(q: &Value, default: u64) -> Result<u64, String> {
 fn dist_json(ntd: &ibid::index::NtdResult, full: bool, out: &mut Map<String, Value>) {
     out.insert("prompt_cnt".into(), json!(ntd.prompt_cnt));
     if full {
-        let dist: Map<String, Value> = ntd
-            .result_by_token_id
-            .iter()
-            .map(|(t, c)| (t.to_string(), json!({"cont_cnt": c.cont_cnt, "prob": c.prob})))
-            .collect();
+        let dist: Map<String, Value> =
+            ntd.result_by_token_id.iter().map(|(t, c)| (t.to_string(), json!({"cont_cnt": c.cont_cnt, "prob": c.prob}))).collect();
         out.insert("result_by_token_id".into(), Value::Object(dist));
     } else {
         out.insert("distinct".into(), json!(ntd.result_by_token_id.len()));

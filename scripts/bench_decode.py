@@ -50,7 +50,10 @@ import sys
 import sysconfig
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (IBID, LLAMA_BIN, ROOT, cpu_model, die, logger, md_table, model_path,  # noqa: E402
+                      repo_relative, write_results)
+
 PROMPT_MODULES = ['textwrap.py', 'json/__init__.py', 'heapq.py', 'argparse.py', 'os.py',
                   'shutil.py', 'functools.py', 'contextlib.py']
 CALIBRATE_SIZES = '1,2,3,4,5,6,8,10,12,16,20,24,32,40,48,64'
@@ -58,21 +61,11 @@ CLK_TCK = os.sysconf('SC_CLK_TCK')
 FA = {-1: 'auto', 0: 'off', 1: 'on', True: 'on', False: 'off'}
 
 
-def log(*a):
-    print('[bench_decode]', *a, file=sys.stderr, flush=True)
-
-
-def die(msg):
-    print(f'bench_decode.py: error: {msg}', file=sys.stderr)
-    sys.exit(1)
-
-
-def rel(p):
-    return os.path.relpath(p, ROOT) if os.path.isabs(p) and p.startswith(ROOT + os.sep) else p
+log = logger('bench_decode')
 
 
 def cmd_str(cmd):
-    return ' '.join(shlex.quote(rel(c)) for c in cmd)
+    return ' '.join(shlex.quote(repo_relative(c)) for c in cmd)
 
 
 def cpu_busy_s():
@@ -208,13 +201,6 @@ def common_prefix(a, b):
     return n
 
 
-def md_table(header, rows, align=None):
-    align = align or ['---:'] * len(header)
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(align) + '|']
-    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-    return '\n'.join(lines)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--threads', type=int, default=2)
@@ -224,8 +210,8 @@ def main():
     ap.add_argument('--rounds', type=int, default=1, help='times to repeat the interleaved prompt loop')
     ap.add_argument('--out', default=os.path.join(ROOT, 'data', 'bench-decode'))
     ap.add_argument('--model', help='GGUF model (default: scripts/model_path.sh)')
-    ap.add_argument('--ibid', default=os.path.join(ROOT, 'target', 'release', 'ibid'))
-    ap.add_argument('--llama-bin', default=os.path.join(ROOT, 'data', 'llama.cpp-build', 'build', 'bin'))
+    ap.add_argument('--ibid', default=IBID)
+    ap.add_argument('--llama-bin', default=LLAMA_BIN)
     ap.add_argument('--bench-reps', type=int, default=3, help='llama-bench -r')
     ap.add_argument('--calibrate-sizes', default=CALIBRATE_SIZES)
     ap.add_argument('--no-calibrate', action='store_true')
@@ -239,7 +225,7 @@ def main():
     out = os.path.abspath(args.out)
     logs = os.path.join(out, 'logs')
     os.makedirs(logs, exist_ok=True)
-    model = args.model or subprocess.check_output(['bash', os.path.join(ROOT, 'scripts', 'model_path.sh')], text=True).strip()
+    model = args.model or model_path()
     if not os.path.isfile(model):
         die(f'model not found: {model}')
     if not os.access(args.ibid, os.X_OK):
@@ -329,7 +315,7 @@ def main():
     L.append(f'# Decode speed: ibid vs llama.cpp\n')
     L.append(f'Model `{os.path.basename(model)}`, {args.threads} threads, {args.max_tokens} new tokens, '
              f'{len(prompts)} prompts x {args.rounds} round(s), greedy. Machine: {os.cpu_count()} CPUs '
-             f'({cpu_model()}). llama.cpp tools from `scripts/build_llama_tools.sh` '
+             f'({cpu_model("unknown CPU")}). llama.cpp tools from `scripts/build_llama_tools.sh` '
              f'(same llama.cpp source and CMake settings as ibid\'s llama-cpp-sys-2 build).\n')
     L.append('## Summary (median over prompts)\n')
     L.append(md_table(['tool', 'decode tok/s', 'ibid / this'], [
@@ -373,7 +359,7 @@ def main():
         for tool in r['order']:
             L.append(r[tool]['cmd'])
     if len(runs) > 2:
-        L.append(f'# ... and the same for the other prompts in {rel(os.path.join(out, "prompts"))}/')
+        L.append(f'# ... and the same for the other prompts in {repo_relative(os.path.join(out, "prompts"))}/')
     for b in bench_runs:
         L.append(b['cmd'] + '   # run with -o json for parsing')
     if calib:
@@ -381,30 +367,14 @@ def main():
     L.append('```')
     L.append(f'\nPrompts: the first ~{args.prompt_chars} characters (cut at a line end) of '
              + ', '.join(f'`{p["module"]}`' for p in prompts)
-             + f' from Python {sys.version.split()[0]}\'s stdlib. Logs: `{rel(logs)}/`.')
+             + f' from Python {sys.version.split()[0]}\'s stdlib. Logs: `{repo_relative(logs)}/`.')
     if bench_runs:
         L.append(f'llama-bench build: {bench_runs[0]["build"]}.')
     md = '\n'.join(L) + '\n'
-
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump({'threads': args.threads, 'max_tokens': args.max_tokens, 'model': model, 'prompts': prompts,
-                   'runs': runs, 'llama_bench': bench_runs, 'calibrate': calib,
-                   'median': {'ibid': m_ibid, 'llama_eval': m_llama, 'llama_eval_sampling': m_llama_s},
-                   'identical': identical, 'idle_before': busy, 'idle_after': busy_after}, f, indent=1)
-    print(md)
-
-
-def cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown CPU'
+    write_results(out, md, {'threads': args.threads, 'max_tokens': args.max_tokens, 'model': model, 'prompts': prompts,
+                            'runs': runs, 'llama_bench': bench_runs, 'calibrate': calib,
+                            'median': {'ibid': m_ibid, 'llama_eval': m_llama, 'llama_eval_sampling': m_llama_s},
+                            'identical': identical, 'idle_before': busy, 'idle_after': busy_after})
 
 
 if __name__ == '__main__':

@@ -35,19 +35,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_generate as bg  # noqa: E402
+from benchlib import IBID, ROOT, die, logger, md_table, write_results  # noqa: E402
 
-ROOT = bg.ROOT
 SIZES = '1,2,3,4,6,8,12,16,24,32,48,64'
 DEFAULT_DIR = os.path.join(ROOT, 'target', 'default-kernels')
 CONFIGS = {
     'default': (os.path.join(DEFAULT_DIR, 'release', 'ibid'), ['--fast-kernels']),
-    'exact': (bg.IBID, []),
-    'fast': (bg.IBID, ['--fast-kernels']),
+    'exact': (IBID, []),
+    'fast': (IBID, ['--fast-kernels']),
 }
 
-
-def log(*a):
-    print('[bench_exact]', *a, file=sys.stderr, flush=True)
+log = logger('bench_exact')
 
 
 def build_default():
@@ -61,14 +59,14 @@ def calibrate(name, model, args):
     cmd = [binary, *extra, '--threads', str(args.threads), 'calibrate', '--model', model, '--sizes', SIZES]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
-        bg.die(f'calibrate ({name}) failed:\n{out.stderr[-2000:]}')
+        die(f'calibrate ({name}) failed:\n{out.stderr[-2000:]}')
     ms = {}
     for line in out.stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip('|').split('|')]
         if len(cells) == 3 and cells[0].isdigit():
             ms[int(cells[0])] = float(cells[1])
     if 1 not in ms:
-        bg.die(f'no cost table from calibrate ({name}):\n{out.stdout[-2000:]}')
+        die(f'no cost table from calibrate ({name}):\n{out.stdout[-2000:]}')
     return ms
 
 
@@ -110,7 +108,7 @@ def main():
     sizes = sorted(curves['default'])
     rows = [[n] + [f'{curves[c][n] / curves[c][1]:.2f}' for c in CONFIGS] for n in sizes]
     rows.insert(0, ['ms at N = 1'] + [f'{curves[c][1]:.1f}' for c in CONFIGS])
-    cost_table = bg.md_table(['N'] + [f'{c}: cost / N=1' for c in CONFIGS], rows)
+    cost_table = md_table(['N'] + [f'{c}: cost / N=1' for c in CONFIGS], rows)
 
     rows, summary = [], {}
     for cls in classes:
@@ -132,8 +130,8 @@ def main():
             rows.append([cls, name, f'{s["plain_tps"]:.1f}', f'{s["all_tps"]:.1f}', f'{s["speedup"]:.2f}×',
                          f'{s["per_step"]:.2f}', f'{s["same"]}/{len(ids)}',
                          f'{s["same_text_as_default"]}/{len(ids)}'])
-    gen_table = bg.md_table(['class', 'kernels', 'plain tokens/s', 'all tokens/s', 'all / plain',
-                             'tokens per step', 'all = plain', 'plain = default plain'], rows)
+    gen_table = md_table(['class', 'kernels', 'plain tokens/s', 'all tokens/s', 'all / plain',
+                          'tokens per step', 'all = plain', 'plain = default plain'], rows)
     def same_text_ratio(ids, name):
         # all-drafts speed against the default kernels' on prompts where both plain texts agree:
         # the same text to draft, so only the kernels differ
@@ -153,14 +151,14 @@ def main():
         ratio_rows.append(row)
     ratio_rows.append(['all classes', '', ''] + [f'{statistics.median(pooled[n]):.2f} ({len(pooled[n])})'
                                                  if pooled[n] else '–' for n in ('exact', 'fast')])
-    ratio_table = bg.md_table(['class', 'exact / default, plain', 'exact / default, all',
-                               'exact / default, all, same text (prompts)',
-                               'fast / default, all, same text (prompts)'], ratio_rows)
+    ratio_table = md_table(['class', 'exact / default, plain', 'exact / default, all',
+                            'exact / default, all, same text (prompts)',
+                            'fast / default, all, same text (prompts)'], ratio_rows)
     md = (f'{bg.setup_line(args)}\n\nCost of one batch of N tokens:\n\n{cost_table}\n\n'
           f'Generation (medians per class):\n\n{gen_table}\n\n{ratio_table}\n')
     slim = {pid: {f'{n}/{m}': {k: v for k, v in r.items() if k != 'token_ids'} for (n, m), r in rs.items()}
             for pid, rs in runs.items()}
-    bg.write_results(out, md, {'args': vars(args), 'curves': curves, 'summary': summary, 'runs': slim})
+    write_results(out, md, {'args': vars(args), 'curves': curves, 'summary': summary, 'runs': slim})
 
 
 if __name__ == '__main__':

@@ -91,8 +91,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -101,9 +99,10 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLAMA_BIN = os.path.join(ROOT, 'data', 'llama.cpp-build', 'build', 'bin')
-IBID = os.path.join(ROOT, 'target', 'release', 'ibid')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (IBID, LLAMA_BIN, ROOT, cpu_model, die, logger, md_table, model_path,  # noqa: E402
+                      start_llama_server, stop_server, wait_ready, write_results)
+
 IBID_METHODS = ['plain', 'context', 'ngram', 'index', 'recycle', 'default', 'all', 'oracle']
 SERVER_MODES = ['none', 'ngram-simple', 'ngram-map-k', 'ngram-map-k4v', 'ngram-mod', 'ngram-cache']
 CLASS_INDEX = {'code': 'index/stdlib', 'chat': 'index/corpus', 'copy': 'index/corpus'}
@@ -114,13 +113,7 @@ HOMES = {'user': "the user's own cache", 'fresh': 'an empty cache per run',
          'warm': 'one cache for the benchmark, calibrated first'}
 
 
-def log(*a):
-    print('[bench_generate]', *a, file=sys.stderr, flush=True)
-
-
-def die(msg):
-    print(f'bench_generate.py: error: {msg}', file=sys.stderr)
-    sys.exit(1)
+log = logger('bench_generate')
 
 
 def sh(cmd, **kw):
@@ -157,8 +150,7 @@ def ensure_setup(args):
     sh(['bash', 'scripts/setup.sh'])
     if not getattr(args, 'no_build', False):
         sh(['cargo', 'build', '--release', '--quiet'])
-    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    model = model_path()
     if not os.path.exists(os.path.join(ROOT, 'data/corpus/.complete')):
         sh(['bash', 'scripts/corpus.sh', 'data/corpus'])
     for index, inputs in BUILDABLE.items():
@@ -488,49 +480,17 @@ def llama_example(tool, model, p, args, logs, extra=()):
     return out
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url, proc, what):
-    """Wait until the server at `url` answers GET /health."""
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(url + '/health', timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            if proc.poll() is not None:
-                die(f'{what} exited')
-            time.sleep(0.5)
-    die(f'{what} did not become ready')
-
-
-def stop_server(proc, timeout=60):
-    """SIGINT (both servers shut down gracefully on it), then kill if it lingers."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def server_runs(model, mode, prompts, args, logs):
-    port = free_port()
-    cmd = [os.path.join(LLAMA_BIN, 'llama-server'), '-m', model, '-t', str(args.threads), '-c', '4096',
-           '-fa', 'on', '-np', '1', '--port', str(port), '--host', '127.0.0.1', '--spec-type', mode]
-    errf = open(os.path.join(logs, f'server-{mode}.err'), 'wb')
-    log('$', ' '.join(cmd))
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf)
+    errlog = os.path.join(logs, f'server-{mode}.err')
+    proc, url = start_llama_server(model, args.threads, mode, errlog, ('-np', '1'))
+    log('$', ' '.join(proc.args))
     try:
-        wait_ready(f'http://127.0.0.1:{port}', proc, f'llama-server --spec-type {mode} (see {errf.name})')
+        wait_ready(url, proc, f'llama-server --spec-type {mode} (see {errlog})')
         results = {}
         for p in prompts:
             body = json.dumps({'prompt': p['text'], 'n_predict': args.max_tokens, 'temperature': 0,
                                'top_k': 1, 'cache_prompt': False, 'seed': 1}).encode()
-            req = urllib.request.Request(f'http://127.0.0.1:{port}/completion', data=body,
+            req = urllib.request.Request(f'{url}/completion', data=body,
                                          headers={'Content-Type': 'application/json'})
             with urllib.request.urlopen(req, timeout=1800) as r:
                 ans = json.load(r)
@@ -544,16 +504,9 @@ def server_runs(model, mode, prompts, args, logs):
         return results
     finally:
         stop_server(proc)
-        errf.close()
 
 
 # ---------------------------------------------------------------- report
-
-def md_table(header, rows):
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
-    lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
-    return '\n'.join(lines)
-
 
 def same_as_plain(run, plain):
     """Whether a run produced ibid plain's output: its tokens (ibid), its text (llama-server), or
@@ -629,7 +582,7 @@ def run_arguments(doc, out, classes='code,chat,copy'):
 
 
 def setup_line(args):
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+    cpu = cpu_model()
     if isinstance(args.prompts, int):
         prompts = f'prompt set built-in (tuning), {args.prompts} prompts per class'
     else:
@@ -639,15 +592,6 @@ def setup_line(args):
     home = f'ibid home {home} ({HOMES[home]}), ' if home else ''
     return (f'Greedy, {args.max_tokens} new tokens, {args.threads} threads, {prompts}, {home}'
             f'Gemma 3 270M Q4_K_M, {cpu}, {os.cpu_count()} cores.')
-
-
-def write_results(out, md, data):
-    """OUT/results.md (also printed) and OUT/results.json."""
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump(data, f, indent=1)
-    print(md)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, cpu_model, die, logger, shard_ids, write_results  # noqa: E402
+
 PY = sys.executable
 INFINIGRAM = os.path.join(ROOT, 'scripts', 'infinigram.py')
 BENCH_BUILD = os.path.join(ROOT, 'scripts', 'bench_build.py')
@@ -64,13 +66,7 @@ HEAVY_LO, HEAVY_HI = 10_000, 100_000
 TYPES = ('count', 'ntd', 'infgram_prob')
 
 
-def log(*a):
-    print('[bench-query]', *a, file=sys.stderr, flush=True)
-
-
-def die(msg):
-    print(f'bench_query.py: error: {msg}', file=sys.stderr)
-    sys.exit(1)
+log = logger('bench-query')
 
 
 # --------------------------------------------------------------------------
@@ -91,8 +87,7 @@ def index_specs(build_dir):
 
 
 def shard_files(d):
-    ks = sorted(int(n.split('.')[1]) for n in os.listdir(d)
-                if n.startswith('tokenized.') and n.split('.')[1].isdigit())
+    ks = shard_ids(d)
     if not ks:
         die(f'no tokenized.K in {d}')
     return [os.path.join(d, f'tokenized.{k}') for k in ks]
@@ -561,12 +556,7 @@ def main():
         igv = version('infini-gram')
     except Exception:  # noqa: BLE001
         igv = 'unknown'
-    cpu = 'unknown'
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model('unknown')
     cfg = {'quick': a.quick, 'k': a.k, 'repeat': a.repeat, 'max_support': a.max_support, 'seed': a.seed,
            'heavy_candidates': a.heavy_candidates, 'infgram_replace': a.infgram_replace, 'build_dir': os.path.relpath(build_dir, ROOT),
            'ibid_binary': binary, 'infini_gram_version': igv, 'cpus': os.cpu_count(), 'cpu': cpu,
@@ -574,11 +564,7 @@ def main():
 
     results = [bench_index(s, a, binary, raw_dir) for s in specs]
     md = markdown(results, cfg)
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump({'config': cfg, 'results': results}, f, indent=1)
-    print(md, end='')
+    write_results(out, md, {'config': cfg, 'results': results}, end='')
     log(f'wrote {out}/results.md, results.json and raw/')
     mism = sum(1 for r in results for m in r['mismatches'] if m['engines'] == ['ibid', 'ig'])
     if mism:

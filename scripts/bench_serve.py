@@ -20,7 +20,6 @@ Writes OUT/results.md (printed) and OUT/results.json.
 
 import argparse
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -28,10 +27,11 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load_test import run_load  # noqa: E402
-from bench_generate import (CLASS_INDEX, LLAMA_BIN, SERVER_MODES, free_port, matrices_set_aside, md_table,  # noqa: E402
-                            stop_server, wait_ready)
+from bench_generate import CLASS_INDEX, SERVER_MODES, matrices_set_aside  # noqa: E402
+from benchlib import (IBID, ROOT, cpu_model, die, logger, md_table, model_path, start_ibid,  # noqa: E402
+                      start_llama_server, stop_server, wait_ready, write_results)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logger('bench_serve')
 
 
 def calibrate(model, threads):
@@ -42,29 +42,18 @@ def calibrate(model, threads):
     # batches cost more here), on to the largest batch.
     sizes = ','.join(map(str, [*range(1, 17), 20, 21, 24, 25, 32, 33, 40, 41, 48, 49, 64, 65, 96, 97, 128, 129,
                                 160, 161, 196, 197]))
-    subprocess.run([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'calibrate', '--model', model,
+    subprocess.run([IBID, '--threads', str(threads), 'calibrate', '--model', model,
                     '--sizes', sizes, '--batch', '200', '--reps', '3'],
                    cwd=ROOT, check=True, capture_output=True, env={**os.environ, 'XDG_CACHE_HOME': cache})
     return cache
 
 
-def start_ibid(model, cls, threads, logs, cache):
-    port = free_port()
-    err = open(os.path.join(logs, f'ibid-{cls}.err'), 'w')
-    proc = subprocess.Popen([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'serve',
-                             '--model', model, '--index', CLASS_INDEX[cls], '--addr', f'127.0.0.1:{port}',
-                             '--no-recycle-save'],
-                            cwd=ROOT, stderr=err, env={**os.environ, 'XDG_CACHE_HOME': cache, 'IBID_LOG': 'warn'})
-    return proc, f'http://127.0.0.1:{port}', err
-
-
-def start_llama(model, mode, threads, logs):
-    port = free_port()
-    err = open(os.path.join(logs, f'llama-server-{mode}.err'), 'w')
-    proc = subprocess.Popen([os.path.join(LLAMA_BIN, 'llama-server'), '-m', model, '-t', str(threads), '-c', '4096',
-                             '-fa', 'on', '--port', str(port), '--host', '127.0.0.1', '--spec-type', mode],
-                            cwd=ROOT, stdout=err, stderr=err)
-    return proc, f'http://127.0.0.1:{port}', err
+def start_ibid_server(model, cls, threads, logs, cache):
+    """ibid serve drafting from the class's index, its cost curve from `cache`, stderr to
+    LOGS/ibid-CLASS.err."""
+    return start_ibid(model, threads, ['--index', CLASS_INDEX[cls], '--no-recycle-save'],
+                      env={'XDG_CACHE_HOME': cache, 'IBID_LOG': 'warn'},
+                      log_path=os.path.join(logs, f'ibid-{cls}.err'))
 
 
 def serve_all(args, model, cache, logs, classes, results, rows):
@@ -74,19 +63,22 @@ def serve_all(args, model, cache, logs, classes, results, rows):
         if not files:
             sys.exit(f'bench_serve: no {cls} prompts in {args.prompts_from}: run scripts/bench_generate.py first')
         requests = [(cls, open(f, encoding='utf-8').read(), 128) for f in files]
-        configs = [('ibid serve', lambda: start_ibid(model, cls, args.threads, logs, cache))]
-        configs += [(f'llama-server {m}', lambda m=m: start_llama(model, m, args.threads, logs)) for m in SERVER_MODES]
+        configs = [('ibid serve', lambda: start_ibid_server(model, cls, args.threads, logs, cache))]
+        configs += [(f'llama-server {m}',
+                     lambda m=m: start_llama_server(model, args.threads, m, os.path.join(logs, f'llama-server-{m}.err')))
+                    for m in SERVER_MODES]
         for name, start in configs:
-            proc, url, err = start()
+            proc, url = start()
             try:
+                if url is None:
+                    die(f'{name} exited')
                 wait_ready(url, proc, name)
                 s = run_load(url, args.clients, args.duration, proc.pid, requests)
             finally:
                 stop_server(proc)
-                err.close()
             results.setdefault(cls, {})[name] = s
-            print(f'[bench_serve] {cls} {name}: {s["tokens_per_s"]:.1f} tokens/s, p99 {s["p99_s"]:.1f} s, '
-                  f'{s["requests"]} requests, {s["errors"]} errors', file=sys.stderr, flush=True)
+            log(f'{cls} {name}: {s["tokens_per_s"]:.1f} tokens/s, p99 {s["p99_s"]:.1f} s, '
+                f'{s["requests"]} requests, {s["errors"]} errors')
         ibid = results[cls]['ibid serve']
         llama = {k: v for k, v in results[cls].items() if k != 'ibid serve'}
         best = max(llama.items(), key=lambda kv: kv[1]['tokens_per_s'])
@@ -110,23 +102,18 @@ def main():
     out = os.path.join(ROOT, args.out)
     logs = os.path.join(out, 'logs')
     os.makedirs(logs, exist_ok=True)
-    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    model = model_path()
     cache = calibrate(model, args.threads)
     results, rows = {}, []
     classes = args.classes.split(',')
     with matrices_set_aside({CLASS_INDEX[c] for c in classes}):
         serve_all(args, model, cache, logs, classes, results, rows)
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+    cpu = cpu_model()
     md = (f'{args.clients} concurrent clients, {args.duration:.0f} s per server and class, greedy, 128 new tokens per '
           f'request, {args.threads} threads, Gemma 3 270M Q4_K_M, {cpu}.\n\n' +
           md_table(['class', 'server', 'tokens/s', 'p50 latency (s)', 'p99 latency (s)', 'requests', 'errors',
                     'ibid / this'], rows) + '\n')
-    with open(os.path.join(out, 'results.md'), 'w') as f:
-        f.write(md)
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump({'args': vars(args), 'results': results}, f, indent=1)
-    print(md)
+    write_results(out, md, {'args': vars(args), 'results': results})
 
 
 if __name__ == '__main__':

@@ -23,28 +23,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_generate import ROOT, die, md_table  # noqa: E402
-
-
-def load_curve(path):
-    """(n, seconds) points of an `ibid calibrate` file, and a function: relative cost of n rows."""
-    pts = sorted((int(n), float(t)) for n, t in json.load(open(path))['seconds'])
-    base = pts[0][1]
-
-    def relative(n):
-        exact = [t for m, t in pts if m == n]
-        if exact:
-            return exact[0] / base
-        same = [(m, t) for m, t in pts if m > 1 and m % 2 == n % 2] or pts
-        below = [p for p in same if p[0] < n]
-        above = [p for p in same if p[0] > n]
-        if below and above:
-            (a, ta), (b, tb) = below[-1], above[0]
-            return (ta + (tb - ta) * (n - a) / (b - a)) / base
-        (a, ta), (b, tb) = (same[-2], same[-1]) if len(same) > 1 else (same[-1], same[-1])
-        slope = (tb - ta) / (b - a) if b > a else 0.0
-        return (tb + slope * (n - b)) / base
-    return relative
+from benchlib import ROOT, cost_curve, die, md_table, repo_relative  # noqa: E402
 
 
 def modelled(report, relative):
@@ -82,7 +61,7 @@ def main():
         if not found:
             die('no cost curve found: give --curve COST.json')
         curve = found[0]
-    relative = load_curve(curve)
+    relative = cost_curve(curve)
     for (label, summary), run in zip(loaded, runs):
         logs = os.path.join(ROOT, run.split('=', 1)[1], 'logs')
         for cls, by_method in summary.items():
@@ -103,7 +82,7 @@ def main():
     header = (['prompt set, ibid home', 'class'] + [f'{m.removeprefix("ibid ")}: measured' for m in methods]
               + [f'{m.removeprefix("ibid ")}: modelled' for m in methods])
     print(md_table(header, rows))
-    print(f'\n(measured: median / slowest prompt; modelled on {os.path.relpath(curve, ROOT) if curve.startswith(ROOT) else curve})')
+    print(f'\n(measured: median / slowest prompt; modelled on {repo_relative(curve)})')
 
 
 if __name__ == '__main__':

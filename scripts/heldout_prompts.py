@@ -41,8 +41,8 @@ import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_generate import gemma_turn  # noqa: E402
+from benchlib import ROOT, die, repo_relative  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Crates ibid depends on, directly or through a dependency, so that `cargo build` has fetched them;
 # in order of preference: the first that yield prompts serve, the rest stand in for any that don't.
 CRATES = ['regex-syntax', 'serde_json', 'clap_builder', 'rayon', 'memchr', 'walkdir', 'zstd', 'indexmap',
@@ -51,11 +51,6 @@ STRIDE = 7
 # Generated tables and the like: nothing to complete, and slow to scan
 MAX_FILE_BYTES = 200_000
 SKIP_DIRS = {'tests', 'test', 'benches', 'examples', 'testdata', 'fuzz'}
-
-
-def die(msg):
-    print(f'heldout_prompts.py: error: {msg}', file=sys.stderr)
-    sys.exit(1)
 
 
 def spread(files):
@@ -528,7 +523,7 @@ def main():
                              else ' npm-docs' if r['package'].startswith('npm-') else ' readme')
         count[kind] = count.get(kind, 0) + 1
     print(f'heldout_prompts.py: {len(rows)} prompts ({", ".join(f"{k} {v}" for k, v in count.items())}) '
-          f'-> {os.path.relpath(out, ROOT) if out.startswith(ROOT + os.sep) else out}', file=sys.stderr)
+          f'-> {repo_relative(out)}', file=sys.stderr)
 
 
 if __name__ == '__main__':

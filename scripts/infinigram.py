@@ -20,10 +20,12 @@ query DIR --token-width {1,2}
     Opens DIR with infini_gram.engine.InfiniGramEngine and answers JSONL
     queries from stdin, one JSON line per query on stdout.
 
-Only the standard library and the installed infini_gram package are used.
+Only the standard library, scripts/benchlib.py and the installed infini_gram
+package are used.
 """
 
 import argparse
+import functools
 import glob
 import gzip
 import json
@@ -40,6 +42,10 @@ import time
 
 import infini_gram
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import shard_ids  # noqa: E402
+
 IG_DIR = os.path.dirname(os.path.abspath(infini_gram.__file__))
 RUST_INDEXING = os.path.join(IG_DIR, 'rust_indexing')
 HACK = 100000  # infini_gram/indexing.py:15 (also rust_indexing merge --hacksize default)
@@ -52,20 +58,8 @@ def eprint(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def die(msg, code=2):
-    eprint(f'infinigram.py: error: {msg}')
-    sys.exit(code)
-
-
-def shard_ids(d):
-    """Numeric K of every regular file named exactly tokenized.K in d."""
-    ks = []
-    for name in os.listdir(d):
-        if name.startswith('tokenized.'):
-            suf = name[len('tokenized.'):]
-            if suf.isdigit() and os.path.isfile(os.path.join(d, name)):
-                ks.append(int(suf))
-    return sorted(ks)
+# Exit status 2 for bad input and arguments (as argparse's), 1 when rust_indexing fails.
+die = functools.partial(benchlib.die, code=2)
 
 
 def raise_nofile():
@@ -119,7 +113,7 @@ def plan(ds_size, tw, mem_gb, cpus):
 def run_checked(cmd, log):
     p = subprocess.run(cmd, stdout=log, stderr=log)
     if p.returncode != 0:
-        die(f'command failed (rc={p.returncode}): {" ".join(cmd)}', 1)
+        die(f'command failed (rc={p.returncode}): {" ".join(cmd)}', code=1)
 
 
 def build_table(ds_path, sa_path, tw, mem_gb, cpus, tmp_root, log):
@@ -151,7 +145,7 @@ def build_table(ds_path, sa_path, tw, mem_gb, cpus, tmp_root, log):
                 procs.append((cmd, subprocess.Popen(cmd, stdout=log, stderr=log)))
             for cmd, p in procs:
                 if p.wait() != 0:
-                    die(f'make-part failed (rc={p.returncode}): {" ".join(cmd)}', 1)
+                    die(f'make-part failed (rc={p.returncode}): {" ".join(cmd)}', code=1)
         t1 = time.perf_counter()
         run_checked([RUST_INDEXING, 'merge', '--data-file', ds_path, '--parts-dir', parts_dir,
                      '--merged-dir', merged_dir, '--num-threads', str(cpus), '--hacksize', str(HACK),
@@ -170,7 +164,7 @@ def build_table(ds_path, sa_path, tw, mem_gb, cpus, tmp_root, log):
         t3 = time.perf_counter()
         got = os.path.getsize(out_file)
         if got != tok_cnt * ratio:
-            die(f'{ds_path}: rust_indexing wrote {got} bytes, expected tok_cnt*ratio = {tok_cnt * ratio}', 1)
+            die(f'{ds_path}: rust_indexing wrote {got} bytes, expected tok_cnt*ratio = {tok_cnt * ratio}', code=1)
         os.replace(out_file, sa_path)
         info.update(make_part_s=t1 - t0, merge_s=t2 - t1, concat_s=t3 - t2, merged_files=n_merged,
                     table_size=got)
@@ -214,7 +208,7 @@ def build_all(d, tw, mem_gb, cpus, tmp_root, force, skip_existing, verbose, vali
     d = os.path.abspath(d)
     if not os.path.isdir(d):
         die(f'{d} is not a directory')
-    ks = shard_ids(d)
+    ks = shard_ids(d, regular_only=True)
     if not ks:
         die(f'no tokenized.K files in {d}')
     existing = [k for k in ks if os.path.exists(os.path.join(d, f'table.{k}'))]

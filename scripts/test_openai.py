@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 
 import openai
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IBID = os.path.join(ROOT, 'target', 'release', 'ibid')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import IBID, ROOT, model_path, start_ibid  # noqa: E402
 
 
 def check(cond, what):
@@ -29,24 +28,16 @@ def check(cond, what):
 
 
 def main():
-    model = subprocess.run(['bash', 'scripts/model_path.sh'], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    model = model_path()
     env = {**os.environ, 'XDG_CACHE_HOME': tempfile.mkdtemp(prefix='ibid-openai-'), 'IBID_LOG': 'warn'}
     prompt = 'import json\n\ndef load(path):\n'
     cli = subprocess.run([IBID, '--threads', '1', 'generate', '--model', model, '--prompt', prompt,
                           '--max-tokens', '20', '--no-recycle-save', '--draft', 'none'], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True).stdout
     cli = cli[:-1] if cli.endswith('\n') else cli
-    server = subprocess.Popen([IBID, '--threads', '1', 'serve', '--model', model, '--addr', '127.0.0.1:0',
-                               '--no-recycle-save', '--draft', 'none'], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    server, url = start_ibid(model, 1, ['--no-recycle-save', '--draft', 'none'], env=env)
     try:
-        url = None
-        for line in server.stderr:
-            if ' serving ' in line:
-                url = line.strip().rsplit(' ', 1)[1]
-                break
         check(url is not None, 'ibid serve started')
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
         client = openai.OpenAI(base_url=url + '/v1', api_key='unused', max_retries=0, timeout=300)
 
         c = client.completions.create(model='gemma', prompt=prompt, max_tokens=20, temperature=0)

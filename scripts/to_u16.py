@@ -19,12 +19,17 @@ ids plus counts); pass --no-map to skip it.  Standard library only.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
 from array import array
 from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import shard_ids  # noqa: E402
 
 SEP32 = 0xFFFFFFFF
 SEP16 = 0xFFFF
@@ -33,17 +38,8 @@ OVERFLOW = 65534
 CHUNK_TOKENS = 1 << 24  # 64 MiB of u32 per read
 
 
-def die(msg):
-    print(f'to_u16.py: error: {msg}', file=sys.stderr)
-    sys.exit(2)
-
-
-def shard_ids(d):
-    ks = []
-    for name in os.listdir(d):
-        if name.startswith('tokenized.') and name[len('tokenized.'):].isdigit():
-            ks.append(int(name[len('tokenized.'):]))
-    return sorted(ks)
+# Exit status 2, as argparse's errors.
+die = functools.partial(benchlib.die, code=2)
 
 
 def read_u32_chunks(path):

@@ -51,8 +51,7 @@ impl CostCurve {
         if let Some(&(_, secs)) = self.seconds.iter().find(|p| p.0 == n) {
             return secs / base;
         }
-        let same_parity: Vec<(usize, f64)> =
-            self.seconds.iter().copied().filter(|p| p.0 > 1 && p.0 % 2 == n % 2).collect();
+        let same_parity: Vec<(usize, f64)> = self.seconds.iter().copied().filter(|p| p.0 > 1 && p.0 % 2 == n % 2).collect();
         let below = same_parity.iter().filter(|p| p.0 < n).count();
         let above = same_parity.len() - below;
         let bracketed = (below >= 1 && above >= 1) || (above == 0 && below >= 2);
@@ -137,7 +136,7 @@ pub const CONTEXT_TOKENS: usize = 512;
 /// of its real steps instead ([`CostCurve::observed`]).
 pub fn for_session(session: &mut Session<'_>, refine: bool) -> Result<(CostCurve, f64)> {
     let model = session.model().path().to_path_buf();
-    let options = session.options().clone();
+    let options = *session.options();
     let cached = load_cached(&model, options.threads);
     if let Some(c) = cached.as_ref().filter(|c| c.settled() || !refine) {
         return Ok((c.clone(), 0.0));
@@ -179,8 +178,8 @@ pub fn measure(session: &mut Session<'_>, sizes: &[usize], context_tokens: usize
     let prompt: Vec<u32> = (0..context_tokens.max(1) as u32).map(|i| 100 + i % 5000).collect();
     session.prefill(&prompt)?;
     session.time_batch(1)?; // warm up
-    // Rounds over all sizes rather than all timings of one size in a row, so that a slow spell of
-    // the machine spreads over every size instead of bending the curve at one.
+                            // Rounds over all sizes rather than all timings of one size in a row, so that a slow spell of
+                            // the machine spreads over every size instead of bending the curve at one.
     let mut timings = vec![Vec::with_capacity(reps.max(1)); sizes.len()];
     for _ in 0..reps.max(1) {
         for (t, &n) in timings.iter_mut().zip(sizes) {

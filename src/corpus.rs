@@ -36,11 +36,7 @@ pub struct CorpusOptions {
 
 impl Default for CorpusOptions {
     fn default() -> Self {
-        CorpusOptions {
-            format: InputFormat::Auto,
-            text_field: "text".into(),
-            skip_bad: false,
-        }
+        CorpusOptions { format: InputFormat::Auto, text_field: "text".into(), skip_bad: false }
     }
 }
 
@@ -132,10 +128,7 @@ enum Compression {
 }
 
 fn split_compression(path: &Path) -> (Compression, String) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     if let Some(stem) = name.strip_suffix(".zst") {
         (Compression::Zstd, stem.to_string())
     } else if let Some(stem) = name.strip_suffix(".gz") {
@@ -210,22 +203,14 @@ impl DocumentStream {
 
     fn open(&self, source: &Source) -> Result<OpenSource> {
         let (raw, compression, inner_name, name): (Box<dyn Read + Send>, _, _, _) = match source {
-            Source::Stdin => (
-                Box::new(io::stdin()),
-                Compression::None,
-                String::new(),
-                source.display(),
-            ),
+            Source::Stdin => (Box::new(io::stdin()), Compression::None, String::new(), source.display()),
             Source::File(path, _) => {
                 let file = File::open(path).at(path)?;
                 let (compression, inner) = split_compression(path);
                 (Box::new(file), compression, inner, source.display())
             }
         };
-        let counted = CountingReader {
-            inner: raw,
-            counter: self.bytes_read.clone(),
-        };
+        let counted = CountingReader { inner: raw, counter: self.bytes_read.clone() };
         let decoded: Box<dyn Read + Send> = match compression {
             Compression::None => Box::new(counted),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(counted)),
@@ -270,12 +255,7 @@ impl DocumentStream {
                 self.current = None;
                 match String::from_utf8(bytes) {
                     Ok(text) => {
-                        return Ok(Some(Document {
-                            text,
-                            path,
-                            linenum: 0,
-                            metadata: Map::new(),
-                        }));
+                        return Ok(Some(Document { text, path, linenum: 0, metadata: Map::new() }));
                     }
                     Err(e) => {
                         let at = e.utf8_error().valid_up_to();
@@ -296,14 +276,7 @@ impl DocumentStream {
                 continue;
             }
             match parse_jsonl_line(&line, &self.options.text_field) {
-                Ok((text, metadata)) => {
-                    return Ok(Some(Document {
-                        text,
-                        path: src.path.clone(),
-                        linenum: src.line - 1,
-                        metadata,
-                    }))
-                }
+                Ok((text, metadata)) => return Ok(Some(Document { text, path: src.path.clone(), linenum: src.line - 1, metadata })),
                 Err(message) => self.bad(location, message)?,
             }
         }
@@ -318,10 +291,7 @@ fn parse_jsonl_line(line: &[u8], text_field: &str) -> std::result::Result<(Strin
     };
     match metadata.remove(text_field) {
         Some(Value::String(text)) => Ok((text, metadata)),
-        Some(other) => Err(format!(
-            "field {text_field:?} is not a string but {}",
-            json_kind(&other)
-        )),
+        Some(other) => Err(format!("field {text_field:?} is not a string but {}", json_kind(&other))),
         None => Err(format!("no field {text_field:?}")),
     }
 }

@@ -31,11 +31,7 @@ pub enum Error {
     CorruptIndex { path: PathBuf, reason: String },
 
     #[error("{path}: checksum mismatch (manifest {expected}, file {actual})")]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Checksum { path: PathBuf, expected: String, actual: String },
 
     #[error("tokenizer mismatch: the index was built with {index}, but {given} was given")]
     TokenizerMismatch { index: String, given: String },
@@ -61,23 +57,25 @@ pub enum Error {
     /// llama.cpp refused a context or a batch.
     #[error("llama.cpp: {0}")]
     Llama(String),
+
+    /// A generation has no room left in its context for another step.
+    #[error("the context of {n_ctx} tokens is full after {generated} generated tokens")]
+    ContextFull { n_ctx: usize, generated: usize },
+
+    /// Something that should not happen did (a contained panic, a thread that would not start).
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), source }
     }
 
     pub fn corrupt(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::CorruptIndex {
-            path: path.as_ref().to_path_buf(),
-            reason: reason.into(),
-        }
+        Error::CorruptIndex { path: path.as_ref().to_path_buf(), reason: reason.into() }
     }
 }
 

@@ -25,15 +25,9 @@ impl Model {
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(Error::Model {
-                path: path.to_path_buf(),
-                reason: "no such file".into(),
-            });
+            return Err(Error::Model { path: path.to_path_buf(), reason: "no such file".into() });
         }
-        Ok(Model {
-            tokenizer: GgufTokenizer::load_with(path, false)?,
-            path: path.to_path_buf(),
-        })
+        Ok(Model { tokenizer: GgufTokenizer::load_with(path, false)?, path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {

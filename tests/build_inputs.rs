@@ -14,13 +14,8 @@ fn ibid(args: &[&str]) -> Output {
 }
 
 fn ibid_stdin(args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(ibid_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(ibid_bin()).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -83,8 +78,18 @@ fn every_format_and_compression_reads_the_same_documents() {
     std::fs::write(d.join("e.txt.gz"), gzip("gzipped text".as_bytes())).unwrap();
     std::fs::write(d.join("f.md.zst"), zstd::encode_all("zstd text".as_bytes(), 3).unwrap()).unwrap();
     let out = d.join("idx");
-    let report = ok(ibid(&["build", p(&d.join("a.jsonl")), p(&d.join("b.jsonl.gz")), p(&d.join("c.jsonl.zst")),
-        p(&d.join("d.txt")), p(&d.join("e.txt.gz")), p(&d.join("f.md.zst")), "-o", p(&out), "-q"]));
+    let report = ok(ibid(&[
+        "build",
+        p(&d.join("a.jsonl")),
+        p(&d.join("b.jsonl.gz")),
+        p(&d.join("c.jsonl.zst")),
+        p(&d.join("d.txt")),
+        p(&d.join("e.txt.gz")),
+        p(&d.join("f.md.zst")),
+        "-o",
+        p(&out),
+        "-q",
+    ]));
     assert_eq!(report["documents"], 9);
     assert_eq!(report["skipped"]["empty"], 0);
     let docs = documents(&out);
@@ -163,7 +168,8 @@ fn bad_input_is_refused_with_its_location() {
     }
     let missing = ibid(&["build", p(&d.join("nope.txt")), "-o", p(&d.join("i")), "-q"]);
     assert!(stderr(&missing).contains("nope.txt") && !missing.status.success());
-    let not_model = ibid(&["build", p(&d.join("bad.jsonl")), "--tokenizer", &format!("gguf:{}", p(&d.join("bad.jsonl"))), "-o", p(&d.join("i")), "-q"]);
+    let not_model =
+        ibid(&["build", p(&d.join("bad.jsonl")), "--tokenizer", &format!("gguf:{}", p(&d.join("bad.jsonl"))), "-o", p(&d.join("i")), "-q"]);
     assert!(stderr(&not_model).contains("not a usable GGUF model"), "{}", stderr(&not_model));
 }
 
@@ -223,7 +229,10 @@ fn existing_index_is_kept_unless_forced() {
     std::fs::write(out.join("my-notes.md"), "mine").unwrap();
     let o = ibid(&["build", p(&b), "-o", p(&out), "--force", "-q"]);
     assert!(!o.status.success() && stderr(&o).contains("refusing"), "{}", stderr(&o));
-    assert_eq!((documents(&out), std::fs::read_to_string(out.join("my-notes.md")).unwrap()), (vec!["first".to_string()], "mine".to_string()));
+    assert_eq!(
+        (documents(&out), std::fs::read_to_string(out.join("my-notes.md")).unwrap()),
+        (vec!["first".to_string()], "mine".to_string())
+    );
 }
 
 fn built(dir: &Path) -> PathBuf {
@@ -439,8 +448,7 @@ fn batch_mode_answers_past_a_line_of_invalid_utf8() {
     }
     let o = ibid_stdin(&["query", p(&out)], &input);
     assert!(o.status.success(), "{}", stderr(&o));
-    let answers: Vec<serde_json::Value> =
-        String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let answers: Vec<serde_json::Value> = String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(answers.len(), 4, "{answers:?}");
     assert_eq!((answers[0]["count"].as_u64(), answers[3]["count"].as_u64()), (Some(2), Some(2)), "{answers:?}");
     assert!(answers[1]["error"].as_str().unwrap().contains("line 2 is not valid UTF-8"), "{answers:?}");

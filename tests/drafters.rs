@@ -3,8 +3,7 @@
 mod common;
 
 use common::*;
-use ibid::draft::{Combined, ContextDrafter, IndexDrafter, Proposer, RecycleMatrix};
-use ibid::generate::Drafter;
+use ibid::draft::{ContextSource, DraftSource, IndexSource, MergingDrafter, RecycleMatrix};
 use ibid::index::{self, BuildOptions, Index};
 use ibid::tokenize::TokenWidth;
 
@@ -30,7 +29,7 @@ fn index_drafter_proposes_what_follows_the_longest_matching_suffix() {
     // "5 6 7" is followed by "8 9" twice and by "1" once; "3 5 6 7" never occurs
     let docs = vec![vec![1, 5, 6, 7, 8, 9, 2], vec![4, 5, 6, 7, 8, 9], vec![5, 6, 7, 1]];
     let (_d, index) = build(&docs);
-    let mut drafter = IndexDrafter::new(&index);
+    let mut drafter = IndexSource::new(&index);
     let c = drafter.propose(&[3, 5, 6, 7], 2);
     assert_eq!(c[0].tokens, vec![8, 9]);
     assert_eq!(c[1].tokens, vec![1], "a document end stops the continuation");
@@ -45,17 +44,17 @@ fn index_drafter_proposes_what_follows_the_longest_matching_suffix() {
 fn combined_tree_holds_both_sources_within_budget() {
     let docs = vec![vec![10, 11, 12, 13, 14], vec![10, 11, 12, 20, 21]];
     let (_d, index) = build(&docs);
-    let mut c = Combined::new(vec![Box::new(ContextDrafter::default()), Box::new(IndexDrafter::new(&index))]);
+    let mut c = MergingDrafter::new(vec![Box::new(ContextSource::default()), Box::new(IndexSource::new(&index))]);
     // the context repeats "10 11 12", followed by 30 earlier; the corpus continues it with 13 or 20
     let context = [10, 11, 12, 30, 31, 10, 11, 12];
-    let tree = c.draft(&context, 6);
+    let tree = c.rank(&context, 6).tree;
     assert!(tree.len() <= 6 && !tree.is_empty());
     let firsts: Vec<u32> = (0..tree.len()).filter(|&n| tree.parent(n).is_none()).map(|n| tree.token(n)).collect();
     assert!(firsts.contains(&30), "{firsts:?}");
     assert!(firsts.contains(&13) || firsts.contains(&20), "{firsts:?}");
-    assert_eq!(c.draft(&context, 0).len(), 0);
+    assert_eq!(c.rank(&context, 0).tree.len(), 0);
     // a two-token match in the corpus is too weak to draft from
-    let mut index_only = IndexDrafter::new(&index);
+    let mut index_only = IndexSource::new(&index);
     assert!(index_only.propose(&[31, 11, 12], 4).is_empty());
     assert!(!index_only.propose(&[10, 11, 12], 4).is_empty());
 }
@@ -105,7 +104,7 @@ fn recycling_drafts_follow_the_warm_rows() {
     let m = RecycleMatrix::from_index(&index, 10, 2);
     assert_eq!(m.row(1), &[2]);
     assert_eq!(m.row(2), &[3, 4]);
-    let mut d = ibid::draft::RecycleDrafter::new(m);
+    let mut d = ibid::draft::RecycleSource::new(m);
     let c = d.propose(&[7, 1], 3);
     assert_eq!(c[0].tokens, vec![2], "the best node first");
     assert!(c.iter().any(|x| x.tokens == vec![2, 3, 1]), "best-first expansion reaches depth 3");

@@ -25,8 +25,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use common::*;
-use ibid::api::QueryEngine;
 use ibid::index::{self, BuildOptions, CnfOptions, Index};
+use ibid::query_engine::QueryEngine;
 use ibid::server::worker::{Event, Finish};
 use ibid::tokenize::TokenizerSpec;
 use proptest::prelude::*;
@@ -145,8 +145,27 @@ fn number() -> impl Strategy<Value = Value> {
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "", " ", "\n     ", "\t", "the", "def ", "return", "AND", "OR", "a AND b", " AND ", "OR OR", "AND AND",
-            "heap OR bisect AND return", "\u{0}", "\u{FFFD}", "<start_of_turn>", "<bos>", "<eos>", "é漢字🦀", "\\u0000",
+            "",
+            " ",
+            "\n     ",
+            "\t",
+            "the",
+            "def ",
+            "return",
+            "AND",
+            "OR",
+            "a AND b",
+            " AND ",
+            "OR OR",
+            "AND AND",
+            "heap OR bisect AND return",
+            "\u{0}",
+            "\u{FFFD}",
+            "<start_of_turn>",
+            "<bos>",
+            "<eos>",
+            "é漢字🦀",
+            "\\u0000",
         ])
         .prop_map(String::from),
         ".{0,40}",
@@ -239,7 +258,15 @@ fn damaged(body: impl Strategy<Value = Value>) -> impl Strategy<Value = Vec<u8>>
 
 fn query_request() -> impl Strategy<Value = Vec<u8>> {
     let types = prop::sample::select(vec![
-        "count", "prob", "ntd", "infgram_prob", "infgram_ntd", "find", "search_docs", "get_doc_by_rank", "get_doc_by_ptr",
+        "count",
+        "prob",
+        "ntd",
+        "infgram_prob",
+        "infgram_ntd",
+        "find",
+        "search_docs",
+        "get_doc_by_rank",
+        "get_doc_by_ptr",
         "get_doc_by_ix",
     ]);
     let small = |hi: u64| (0..hi).prop_map(|v| json!(v));
@@ -280,11 +307,7 @@ fn common_fields() -> Vec<Field> {
         field("top_p", unit(1.0), number()),
         field("top_k", prop_oneof![(0i64..100).prop_map(|v| json!(v)), Just(json!(262_144))], number()),
         field("seed", any::<u32>().prop_map(|v| json!(v)), number()),
-        field(
-            "stop",
-            prop_oneof![text().prop_map(Value::String), prop::collection::vec(text(), 0..5).prop_map(|v| json!(v))],
-            anything(),
-        ),
+        field("stop", prop_oneof![text().prop_map(Value::String), prop::collection::vec(text(), 0..5).prop_map(|v| json!(v))], anything()),
         field("stream", any::<bool>().prop_map(Value::Bool), anything()),
         field("stream_options", Just(json!({"include_usage": true})), anything()),
         field("n", Just(json!(1)), number()),
@@ -316,7 +339,8 @@ fn chat_request() -> impl Strategy<Value = Vec<u8>> {
     let role = prop::sample::select(vec!["system", "user", "assistant", "developer"]);
     let content = prop_oneof![
         text().prop_map(Value::String),
-        prop::collection::vec(text(), 0..3).prop_map(|p| json!(p.into_iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>())),
+        prop::collection::vec(text(), 0..3)
+            .prop_map(|p| json!(p.into_iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>())),
     ];
     let message = (role, content).prop_map(|(r, c)| json!({"role": r, "content": c}));
     let odd_message = (prop::sample::select(vec!["tool", "", "USER", "wizard"]), anything(), prop::option::of(anything()))
@@ -342,7 +366,8 @@ struct Answer {
 
 fn send(rt: &tokio::runtime::Runtime, app: &Router, method: Method, path: &str, body: Vec<u8>) -> Answer {
     rt.block_on(async {
-        let request = Request::builder().method(method).uri(path).header("content-type", "application/json").body(Body::from(body)).unwrap();
+        let request =
+            Request::builder().method(method).uri(path).header("content-type", "application/json").body(Body::from(body)).unwrap();
         let response = tokio::time::timeout(SLOW, app.clone().oneshot(request)).await.expect("an answer in time").unwrap();
         let status = response.status();
         let event_stream = response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
@@ -360,7 +385,13 @@ fn send(rt: &tokio::runtime::Runtime, app: &Router, method: Method, path: &str, 
 fn check_answer(answer: &Answer, path: &str, input: &[u8]) -> Result<(), TestCaseError> {
     let shown = String::from_utf8_lossy(&input[..input.len().min(300)]).into_owned();
     let allowed = [200, 400, 404, 405, 413, 503];
-    prop_assert!(allowed.contains(&answer.status.as_u16()), "status {} for {}: {}", answer.status, shown, String::from_utf8_lossy(&answer.body));
+    prop_assert!(
+        allowed.contains(&answer.status.as_u16()),
+        "status {} for {}: {}",
+        answer.status,
+        shown,
+        String::from_utf8_lossy(&answer.body)
+    );
     if path == "/metrics" && answer.status == StatusCode::OK {
         // Prometheus text: `name{labels} value` under `#` comments.
         let text = String::from_utf8(answer.body.clone()).unwrap();
@@ -403,8 +434,9 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn fuzz_index_server() {
     let rt = runtime();
-    let options = ibid::serve::ServeOptions { max_body_bytes: 16 << 10, timeout: Duration::from_secs(5), ..Default::default() };
-    let app = ibid::serve::router(engine(), &options);
+    let options =
+        ibid::server::query_routes::QueryServerOptions { max_body_bytes: 16 << 10, timeout: Duration::from_secs(5), ..Default::default() };
+    let app = ibid::server::query_routes::router(engine(), &options);
     let slowest = AtomicU64::new(0);
     let statuses = Statuses::default();
     let started = Instant::now();
@@ -433,7 +465,13 @@ fn fuzz_index_server() {
             Ok(())
         })
         .unwrap();
-    report("serve-index: every route, damaged and hostile JSON", u64::from(cases), started, Duration::from_micros(slowest.into_inner()), &statuses);
+    report(
+        "serve-index: every route, damaged and hostile JSON",
+        u64::from(cases),
+        started,
+        Duration::from_micros(slowest.into_inner()),
+        &statuses,
+    );
 }
 
 /// A stand-in for the generation worker: every job is answered at once with one piece of text.
@@ -455,8 +493,9 @@ fn fuzz_model_server() {
     let (queue, jobs) = ibid::server::Queue::new(64);
     answering_worker(jobs, queue.waiting.clone());
     let metrics = Arc::new(ibid::server::Metrics::new());
-    let options = ibid::server::ServerOptions { max_body_bytes: 16 << 10, timeout: Duration::from_secs(5), ..Default::default() };
-    let state = Arc::new(ibid::server::AppState { model, model_name: "gemma".into(), queue, metrics, n_ctx: 512, timeout: options.timeout });
+    let options = ibid::server::ModelServerOptions { max_body_bytes: 16 << 10, timeout: Duration::from_secs(5), ..Default::default() };
+    let state =
+        Arc::new(ibid::server::AppState { model, model_name: "gemma".into(), queue, metrics, n_ctx: 512, timeout: options.timeout });
     let app = ibid::server::router(state, Some(engine()), &options);
     let slowest = AtomicU64::new(0);
     let statuses = Statuses::default();
@@ -478,7 +517,13 @@ fn fuzz_model_server() {
             check_answer(&answer, path, &body)
         })
         .unwrap();
-    report("serve: every route, damaged and hostile JSON", u64::from(cases), started, Duration::from_micros(slowest.into_inner()), &statuses);
+    report(
+        "serve: every route, damaged and hostile JSON",
+        u64::from(cases),
+        started,
+        Duration::from_micros(slowest.into_inner()),
+        &statuses,
+    );
 }
 
 /// One file of the index damaged: opening refuses it with an error, or it opens and every query

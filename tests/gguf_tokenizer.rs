@@ -44,7 +44,7 @@ fn gemma_tokenizer() {
     let out = dir.path().join("idx");
     let mut options = BuildOptions::new(&out);
     options.max_shard_tokens = Some(9_000);
-    index::build(&[corpus.clone()], &tok, &options, &index::build::Quiet).unwrap();
+    index::build(std::slice::from_ref(&corpus), &tok, &options, &index::build::Quiet).unwrap();
     let index = Index::open(&out).unwrap();
     assert!(index.shards.len() >= 2);
     assert_eq!(index.manifest.as_ref().unwrap().tokenizer, *id);

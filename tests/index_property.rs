@@ -30,10 +30,7 @@ fn docs_strategy(width: TokenWidth) -> impl Strategy<Value = Vec<Vec<u32>>> {
 
 fn write_corpus(dir: &std::path::Path, docs: &[Vec<u32>]) -> std::path::PathBuf {
     let corpus = dir.join("corpus.jsonl");
-    let lines: Vec<String> = docs
-        .iter()
-        .map(|d| serde_json::json!({"text": IdTokenizer::encode(d)}).to_string())
-        .collect();
+    let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({"text": IdTokenizer::encode(d)}).to_string()).collect();
     std::fs::write(&corpus, lines.join("\n")).unwrap();
     corpus
 }

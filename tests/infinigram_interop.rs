@@ -4,17 +4,13 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::io::Write;
 
 use common::*;
 use ibid::index::Index;
 use ibid::tokenize::TokenWidth;
-
-
-
-
 
 /// Ask infini-gram's engine for counts.
 fn engine_counts(dir: &Path, width: usize, queries: &[Vec<u32>]) -> Vec<u64> {
@@ -59,10 +55,7 @@ fn u16_tables_are_byte_identical_and_each_tool_reads_the_other() {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     let width = TokenWidth::U16;
-    let streams = vec![
-        write_shard(&src, 0, width, &u16_docs(7, 60)),
-        write_shard(&src, 1, width, &u16_docs(11, 25)),
-    ];
+    let streams = vec![write_shard(&src, 0, width, &u16_docs(7, 60)), write_shard(&src, 1, width, &u16_docs(11, 25))];
     let ours = dir.path().join("ibid");
     let theirs = dir.path().join("infini-gram");
     copy_dir(&src, &ours);
@@ -122,7 +115,7 @@ fn infini_gram_reads_an_index_ibid_built_from_text() {
     let queries: Vec<Vec<u32>> = ["def ", "return", "import os\n", "    if not ", "pattern", "zzz-not-there", ""]
         .iter()
         .map(|q| q.bytes().map(u32::from).collect())
-        .chain(sample_queries(&[stream.clone()], 100, vec![0xFE, 0xFE]))
+        .chain(sample_queries(std::slice::from_ref(&stream), 100, vec![0xFE, 0xFE]))
         .collect();
     let engine = engine_counts(&ours, 1, &queries);
     for (q, expected) in queries.iter().zip(&engine) {

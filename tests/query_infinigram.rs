@@ -49,7 +49,7 @@ impl Sampler {
         let n = 1 + self.next() as usize % max_len;
         let start = self.next() as usize % (self.all.len() - n);
         let mut ctx = self.all[start..start + n].to_vec();
-        if self.next() % 4 == 0 {
+        if self.next().is_multiple_of(4) {
             ctx[0] = self.next() as u32 % vocab;
         }
         ctx
@@ -69,7 +69,10 @@ fn cases(sampler: &mut Sampler, vocab: u32, with_cnf: bool) -> Vec<Case> {
         out.push(Case { ours: json!({"query_type": "find", "query_ids": ctx}), theirs: json!({"op": "find", "ids": ctx}) });
         let (head, next) = (ctx[..ctx.len() - 1].to_vec(), ctx[ctx.len() - 1]);
         if !head.is_empty() {
-            out.push(Case { ours: json!({"query_type": "prob", "query_ids": ctx}), theirs: json!({"op": "prob", "ids": head, "next": next}) });
+            out.push(Case {
+                ours: json!({"query_type": "prob", "query_ids": ctx}),
+                theirs: json!({"op": "prob", "ids": head, "next": next}),
+            });
         }
         // max_support small now and then, to compare the sampled (approx) answers too
         let ms = if i % 5 == 0 { 1 + sampler.next() % 8 } else { 1000 };
@@ -97,7 +100,7 @@ fn cases(sampler: &mut Sampler, vocab: u32, with_cnf: bool) -> Vec<Case> {
             let diff = 1 + sampler.next() % 40;
             // Subsampled clauses are drawn at random by each engine, so compare exact CNFs only:
             // the largest cap a request may ask, above any count in these small indexes.
-            let cap = ibid::api::MAX_CLAUSE_FREQ;
+            let cap = ibid::query_engine::MAX_CLAUSE_FREQ;
             out.push(Case {
                 ours: json!({"query_type": "count", "query_ids": cnf, "max_diff_tokens": diff, "max_clause_freq": cap}),
                 theirs: json!({"op": "count_cnf", "cnf": cnf, "max_diff_tokens": diff, "max_clause_freq": cap}),
@@ -158,7 +161,7 @@ fn agree(dir: &Path, width: TokenWidth, eos: u32, vocab: u32, all: Vec<u32>, wit
         assert!(by_type.get(t).copied().unwrap_or(0) >= 100, "{t}: {by_type:?}");
     }
     let counts: Vec<u64> = ours.iter().filter_map(|a| a["count"].as_u64()).collect();
-    assert!(counts.iter().any(|&c| c == 0) && counts.iter().any(|&c| c == 1) && counts.iter().any(|&c| c > 50), "{counts:?}");
+    assert!(counts.contains(&0) && counts.contains(&1) && counts.iter().any(|&c| c > 50), "{counts:?}");
     assert!(ours.iter().any(|a| a["approx"] == true), "no approximate ntd in the sample");
 }
 
@@ -184,10 +187,8 @@ fn u8_text_two_shards() {
     let files = [["argparse.py", "shlex.py", "glob.py"], ["textwrap.py", "fnmatch.py", "string.py"]];
     let mut streams = Vec::new();
     for (shard, names) in files.iter().enumerate() {
-        let mut docs: Vec<Vec<u32>> = names
-            .iter()
-            .map(|f| std::fs::read(stdlib.join(f)).unwrap().into_iter().map(u32::from).collect())
-            .collect();
+        let mut docs: Vec<Vec<u32>> =
+            names.iter().map(|f| std::fs::read(stdlib.join(f)).unwrap().into_iter().map(u32::from).collect()).collect();
         // 0xFD and 0xFC occur in no UTF-8 text. (Not a low byte: the engine's ntd reads before the
         // start of the suffix array when a context's range begins at rank 0, and crashes.)
         docs.last_mut().unwrap().push(0xFD - shard as u32);

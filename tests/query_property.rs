@@ -213,7 +213,7 @@ proptest! {
         prop_assume!(!terms.is_empty());
         // one OR clause: every occurrence of every term
         let expected: u64 = terms.iter().map(|t| brute_count(&c, t)).sum();
-        let got = c.index.count_cnf(&[terms.clone()], &CnfOptions { max_clause_freq: u64::MAX / 4, max_diff_tokens: 100 }).unwrap();
+        let got = c.index.count_cnf(std::slice::from_ref(&terms), &CnfOptions { max_clause_freq: u64::MAX / 4, max_diff_tokens: 100 }).unwrap();
         prop_assert_eq!(got.count, expected, "terms {:?} counts {:?}", terms, terms.iter().map(|t| brute_count(&c, t)).collect::<Vec<_>>());
         prop_assert!(!got.approx);
         // AND of a term with itself, no distance allowed: each occurrence pairs with itself only
@@ -265,13 +265,7 @@ proptest! {
 fn cnf_and_finds_nearby_pairs_in_one_document() {
     // a=1, b=2: doc0 has a..b close; doc1 has a and b far apart; doc2 has b only; doc3 has a at the
     // end and b at the start of the next document (must not pair across the boundary)
-    let docs = vec![
-        vec![1, 7, 7, 2, 7],
-        [vec![1], vec![7; 300], vec![2]].concat(),
-        vec![2, 7, 7],
-        vec![7, 7, 1],
-        vec![2, 7],
-    ];
+    let docs = vec![vec![1, 7, 7, 2, 7], [vec![1], vec![7; 300], vec![2]].concat(), vec![2, 7, 7], vec![7, 7, 1], vec![2, 7]];
     let c = build(TokenWidth::U16, docs, 100_000);
     let opts = CnfOptions { max_clause_freq: 50_000, max_diff_tokens: 10 };
     let got = c.index.count_cnf(&[vec![vec![1]], vec![vec![2]]], &opts).unwrap();

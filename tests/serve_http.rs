@@ -46,14 +46,10 @@ fn post(server: &Server, body: &str) -> (u16, Value) {
 
 fn build_index(dir: &std::path::Path) -> std::path::PathBuf {
     let f = dir.join("c.jsonl");
-    let lines: String = [
-        "the cat sat on the mat",
-        "the cat ate the fish",
-        "a dog sat on the log",
-    ]
-    .iter()
-    .map(|t| format!("{}\n", json!({"text": t, "src": "test"})))
-    .collect();
+    let lines: String = ["the cat sat on the mat", "the cat ate the fish", "a dog sat on the log"]
+        .iter()
+        .map(|t| format!("{}\n", json!({"text": t, "src": "test"})))
+        .collect();
     std::fs::write(&f, lines).unwrap();
     let out = dir.join("idx");
     run(Command::new(ibid_bin()).args(["build", f.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"]));

@@ -109,11 +109,7 @@ fn raw_stream_request(s: &Server, body: &Value) -> TcpStream {
 }
 
 fn metric(s: &Server, name: &str) -> f64 {
-    get_text(s, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    get_text(s, "/metrics").lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 #[test]
@@ -169,7 +165,7 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
         let whole = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0.8, "top_k": 0, "seed": 3});
         assert_eq!(v["choices"][0]["text"], post(&s, "/v1/completions", &whole.to_string()).1["choices"][0]["text"]);
     }
-    assert_eq!(get_text(&s, "/health").contains("\"ok\""), true);
+    assert!(get_text(&s, "/health").contains("\"ok\""));
     // an empty list is an empty prompt, as "" is
     let empty = |p: Value| post(&s, "/v1/completions", &json!({"prompt": p, "max_tokens": 4, "temperature": 0}).to_string());
     let (code, v) = empty(json!(""));
@@ -203,7 +199,11 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
         .collect();
 
     // streaming: the pieces add up to the same text, then a finish chunk, usage and [DONE]
-    let events = stream(&s, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}));
+    let events = stream(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+    );
     assert_eq!(events.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
@@ -213,7 +213,8 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 24);
 
     // stop strings end the text before them
-    let (code, v) = post(&s, "/v1/completions", &json!({"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"]}).to_string());
+    let (code, v) =
+        post(&s, "/v1/completions", &json!({"prompt": "1, 2, 3,", "max_tokens": 30, "temperature": 0, "stop": [" 6"]}).to_string());
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], " 4, 5,");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -314,7 +315,8 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     // a body over the limit: 413 once the limit is passed (the rest is not read)
     let mut sock = TcpStream::connect(&s.addr).unwrap();
     let body = format!("{{\"prompt\": \"{}\"}}", "x".repeat(2 << 20));
-    write!(sock, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    write!(sock, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len())
+        .unwrap();
     let mut writer = sock.try_clone().unwrap();
     let feeding = std::thread::spawn(move || {
         let _ = writer.write_all(body.as_bytes()); // the server may stop reading: a broken pipe is fine
@@ -342,7 +344,9 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
 
     // metrics in Prometheus' text format
     let m = get_text(&s, "/metrics");
-    for name in ["ibid_requests_total", "ibid_completion_tokens_total", "ibid_tokens_per_second", "ibid_tokens_per_step", "ibid_draft_tokens_total"] {
+    for name in
+        ["ibid_requests_total", "ibid_completion_tokens_total", "ibid_tokens_per_second", "ibid_tokens_per_step", "ibid_draft_tokens_total"]
+    {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
     assert!(metric(&s, "ibid_requests_total{route=\"/v1/completions\",status=\"400\"}") >= 16.0);
@@ -378,7 +382,11 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
     assert_eq!(inflight.join().unwrap().unwrap(), 200, "the request in flight was cut");
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let saved: Vec<_> = std::fs::read_dir(index_cache.path().join("ibid")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let saved: Vec<_> = std::fs::read_dir(index_cache.path().join("ibid"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(saved.iter().any(|f| f.starts_with("recycle-")), "{saved:?}");
     // and what the sources' estimates were worth, for the next start
     let learnt = cached_json(index_cache.path(), "accept-");

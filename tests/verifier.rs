@@ -10,7 +10,8 @@ mod common;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use common::*;
-use ibid::generate::{generate, Drafter, GenerateOptions, Generation, NoDrafts};
+use ibid::draft::RankedTree;
+use ibid::engine::{generate, Drafter, GenerateOptions, Generation, NoDrafts};
 use ibid::model::Model;
 use ibid::verify::sampling::{argmax, distribution, top2};
 use ibid::verify::session::SlotStep;
@@ -47,10 +48,8 @@ fn exact_kernels() {
 
 /// The local python3's standard library folder.
 fn stdlib() -> std::path::PathBuf {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"]).output().unwrap();
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -58,9 +57,26 @@ fn stdlib() -> std::path::PathBuf {
 fn prompts() -> Vec<Vec<u32>> {
     let stdlib = stdlib();
     let files = [
-        "abc.py", "argparse.py", "base64.py", "bisect.py", "calendar.py", "colorsys.py", "csv.py",
-        "dataclasses.py", "difflib.py", "fnmatch.py", "fractions.py", "glob.py", "heapq.py", "hmac.py",
-        "ipaddress.py", "keyword.py", "operator.py", "queue.py", "shlex.py", "textwrap.py",
+        "abc.py",
+        "argparse.py",
+        "base64.py",
+        "bisect.py",
+        "calendar.py",
+        "colorsys.py",
+        "csv.py",
+        "dataclasses.py",
+        "difflib.py",
+        "fnmatch.py",
+        "fractions.py",
+        "glob.py",
+        "heapq.py",
+        "hmac.py",
+        "ipaddress.py",
+        "keyword.py",
+        "operator.py",
+        "queue.py",
+        "shlex.py",
+        "textwrap.py",
     ];
     files
         .iter()
@@ -103,15 +119,18 @@ struct Oracle {
     chain: usize,
 }
 
-impl Drafter for Oracle {
-    fn name(&self) -> &str {
-        "oracle"
-    }
+impl Oracle {
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
         let done = context.len() - self.prompt_len;
         // the pending token is truth[done - 1]; draft what follows it
         let rest = self.truth.get(done..).unwrap_or(&[]);
         DraftTree::chain(&rest[..rest.len().min(budget).min(self.chain)])
+    }
+}
+
+impl Drafter for Oracle {
+    fn rank(&mut self, context: &[u32], max_nodes: usize) -> RankedTree {
+        self.draft(context, max_nodes).into()
     }
 }
 
@@ -128,9 +147,10 @@ impl Random {
     fn tree(&mut self, context: &[u32], budget: usize) -> DraftTree {
         let mut t = DraftTree::new();
         while t.len() < budget {
-            let parent = if t.is_empty() || self.next() % 3 == 0 { None } else { Some(self.next() as usize % t.len()) };
+            let parent = if t.is_empty() || self.next().is_multiple_of(3) { None } else { Some(self.next() as usize % t.len()) };
             // mostly tokens from the context (plausible), some arbitrary
-            let tok = if self.next() % 4 == 0 { self.next() as u32 % 262_144 } else { context[self.next() as usize % context.len()] };
+            let tok =
+                if self.next().is_multiple_of(4) { self.next() as u32 % 262_144 } else { context[self.next() as usize % context.len()] };
             t.push(parent, tok, 1);
             if t.leaves().len() > 16 {
                 t.truncate(t.len() - 1);
@@ -141,12 +161,15 @@ impl Random {
     }
 }
 
-impl Drafter for Random {
-    fn name(&self) -> &str {
-        "random"
-    }
+impl Random {
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
         self.tree(context, budget)
+    }
+}
+
+impl Drafter for Random {
+    fn rank(&mut self, context: &[u32], max_nodes: usize) -> RankedTree {
+        self.draft(context, max_nodes).into()
     }
 }
 
@@ -156,13 +179,10 @@ struct Mixed {
     random: Random,
 }
 
-impl Drafter for Mixed {
-    fn name(&self) -> &str {
-        "mixed"
-    }
+impl Mixed {
     fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
         let mut t = self.oracle.draft(context, budget / 2);
-        if self.random.next() % 3 == 0 && !t.is_empty() {
+        if self.random.next().is_multiple_of(3) && !t.is_empty() {
             t = DraftTree::chain(&[t.token(0) ^ 1]); // a wrong guess
         }
         let extra = self.random.tree(context, budget - t.len());
@@ -180,6 +200,12 @@ impl Drafter for Mixed {
     }
 }
 
+impl Drafter for Mixed {
+    fn rank(&mut self, context: &[u32], max_nodes: usize) -> RankedTree {
+        self.draft(context, max_nodes).into()
+    }
+}
+
 #[test]
 fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
     let _l = lock();
@@ -194,8 +220,8 @@ fn every_emitted_token_is_the_argmax_of_its_verifying_batch() {
         let truth = generate(&mut plain, prompt, &mut NoDrafts, &greedy(8, 0), |_| true).unwrap().tokens;
         s.prefill(prompt).unwrap();
         let trees = [
-            DraftTree::chain(&truth),                                 // perfect
-            rng.tree(prompt, 24),                                     // random
+            DraftTree::chain(&truth), // perfect
+            rng.tree(prompt, 24),     // random
             {
                 // adversarial: many siblings of the right token, and a deep wrong chain
                 let mut t = DraftTree::new();
@@ -268,8 +294,7 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
                 tree.push_path(Some(at), &chain[1..8.min(64 - tree.len())], 0);
             }
             let mut rows: Vec<Vec<f32>> = vec![Vec::new(); tree.len() + 1];
-            s.step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, l| rows[node.map_or(0, |n| n + 1)] = l.to_vec())
-                .unwrap();
+            s.step(&tree, &mut Chooser::new(SamplingParams::greedy()), |node, l| rows[node.map_or(0, |n| n + 1)] = l.to_vec()).unwrap();
             s.prefill(prompt).unwrap();
             // each leaf's path decoded token by token gives the reference for every node on it
             let mut checked = vec![false; tree.len() + 1];
@@ -283,7 +308,11 @@ fn batched_logits_equal_token_by_token_logits_bit_for_bit() {
                 nodes.reverse();
                 assert!(same(&rows[0], &reference[0]), "prompt of {prompt_len}: tree of {} nodes, root differs", tree.len());
                 for (depth, &node) in nodes.iter().enumerate() {
-                    assert!(same(&rows[node + 1], &reference[depth + 1]), "prompt of {prompt_len}: tree of {} nodes, node {node} differs", tree.len());
+                    assert!(
+                        same(&rows[node + 1], &reference[depth + 1]),
+                        "prompt of {prompt_len}: tree of {} nodes, node {node} differs",
+                        tree.len()
+                    );
                     checked[node + 1] = true;
                 }
             }
@@ -374,11 +403,8 @@ fn run_in_slots(s: &mut Session<'_>, jobs: &[(Vec<u32>, GenerateOptions, Vec<u32
                 t
             })
             .collect();
-        let mut work: Vec<SlotStep<'_>> = running
-            .iter_mut()
-            .zip(&trees)
-            .map(|(j, tree)| SlotStep { slot: j.slot, tree, chooser: &mut j.generation.chooser })
-            .collect();
+        let mut work: Vec<SlotStep<'_>> =
+            running.iter_mut().zip(&trees).map(|(j, tree)| SlotStep { slot: j.slot, tree, chooser: &mut j.generation.chooser }).collect();
         let outcomes = s.step_slots(&mut work, |_, _, _| {}).unwrap();
         drop(work);
         shared_steps += usize::from(running.len() > 1);
@@ -407,7 +433,7 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     let _l = lock();
     let n = 64;
     let options_of = |p: usize| {
-        if p % 2 == 0 {
+        if p.is_multiple_of(2) {
             greedy(n, 12)
         } else {
             GenerateOptions {
@@ -423,11 +449,8 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     let mut plain = |prompt: &[u32], options: &GenerateOptions| {
         generate(&mut alone, prompt, &mut NoDrafts, &GenerateOptions { budget: 0, ..*options }, |_| true).unwrap().tokens
     };
-    let first: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = distinct
-        .iter()
-        .enumerate()
-        .map(|(p, prompt)| (prompt.clone(), options_of(p), plain(prompt, &options_of(p))))
-        .collect();
+    let first: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> =
+        distinct.iter().enumerate().map(|(p, prompt)| (prompt.clone(), options_of(p), plain(prompt, &options_of(p)))).collect();
     let mut s = exact_session(SessionOptions { threads: 2, n_ctx: 700, n_batch: 64, max_sequences: 16, slots: 3, cached_prompts: 6 });
     let (outputs, shared_steps, _) = run_in_slots(&mut s, &first);
     for (p, out) in outputs.iter().enumerate() {
@@ -441,8 +464,13 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     // one of them extended by more tokens.
     let mut again: Vec<(Vec<u32>, GenerateOptions)> = (9..12).map(|p| (distinct[p].clone(), options_of(p + 1))).collect();
     again[1].0.extend_from_slice(&distinct[0][1..30]);
-    let second: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> =
-        again.into_iter().map(|(prompt, options)| { let out = plain(&prompt, &options); (prompt, options, out) }).collect();
+    let second: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = again
+        .into_iter()
+        .map(|(prompt, options)| {
+            let out = plain(&prompt, &options);
+            (prompt, options, out)
+        })
+        .collect();
     let (outputs, _, cached) = run_in_slots(&mut s, &second);
     for (p, out) in outputs.iter().enumerate() {
         assert_eq!(out, &second[p].2, "repeated prompt {p}: output from cached tokens differs from plain");
@@ -458,7 +486,10 @@ fn slots_verified_in_one_batch_each_equal_plain_output() {
     extended.extend_from_slice(&distinct[7][1..20]);
     let third: Vec<(Vec<u32>, GenerateOptions, Vec<u32>)> = [(novel.clone(), 0), (novel.clone(), 1), (extended, 2)]
         .into_iter()
-        .map(|(prompt, p)| { let out = plain(&prompt, &options_of(p)); (prompt, options_of(p), out) })
+        .map(|(prompt, p)| {
+            let out = plain(&prompt, &options_of(p));
+            (prompt, options_of(p), out)
+        })
         .collect();
     let (outputs, _, cached) = run_in_slots(&mut s, &third);
     for (p, out) in outputs.iter().enumerate() {
@@ -572,7 +603,6 @@ fn speculative_sampling_keeps_the_target_distribution() {
     let se = (p0 * (1.0 - p0) / draws as f64).sqrt();
     assert!(0.02 / se > 6.0, "too few draws to see a 2 % shift: {:.1} standard errors", 0.02 / se);
     eprintln!("sampling: first-token chi2 {stat:.1} (df {df}), second-token chi2 {stat2:.1} (df {df2}), 2 % shift = {:.1} s.e.", 0.02 / se);
-
 }
 
 #[test]
@@ -621,7 +651,8 @@ fn bad_input_is_an_error() {
     assert!(Model::load(dir.path().join("missing.gguf")).unwrap_err().to_string().contains("no such file"));
     assert!(Model::load(&not_gguf).unwrap_err().to_string().contains("GGUF"));
 
-    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, ..SessionOptions::default() }).unwrap();
+    let mut s = Session::new(model(), SessionOptions { threads: 1, n_ctx: 64, n_batch: 16, max_sequences: 4, ..SessionOptions::default() })
+        .unwrap();
     assert!(s.prefill(&[]).unwrap_err().to_string().contains("empty"));
     let long: Vec<u32> = (0..100).map(|i| 100 + i).collect();
     assert!(s.prefill(&long).unwrap_err().to_string().contains("more than the context"));
@@ -665,10 +696,22 @@ fn an_index_must_share_the_models_vocabulary() {
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "def f(x):\n    return x + 1\n").unwrap();
     let gguf = dir.path().join("gguf");
-    ibid::index::build(&[corpus.clone()], model().tokenizer(), &ibid::index::BuildOptions::new(&gguf), &ibid::index::build::Quiet).unwrap();
+    ibid::index::build(
+        std::slice::from_ref(&corpus),
+        model().tokenizer(),
+        &ibid::index::BuildOptions::new(&gguf),
+        &ibid::index::build::Quiet,
+    )
+    .unwrap();
     model().check_index(&ibid::index::Index::open(&gguf).unwrap()).unwrap();
     let bytes = dir.path().join("bytes");
-    ibid::index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &ibid::index::BuildOptions::new(&bytes), &ibid::index::build::Quiet).unwrap();
+    ibid::index::build(
+        &[corpus],
+        &ibid::tokenize::ByteTokenizer::new(),
+        &ibid::index::BuildOptions::new(&bytes),
+        &ibid::index::build::Quiet,
+    )
+    .unwrap();
     let err = model().check_index(&ibid::index::Index::open(&bytes).unwrap()).unwrap_err().to_string();
     assert!(err.contains("bytes") && err.contains("gemma"), "{err}");
 }
@@ -681,7 +724,7 @@ fn context_drafts_speed_up_a_copy_and_change_nothing() {
     let passage = &src[..800];
     let prompt = model().tokenize_prompt(&format!("{passage}\n\n# The same code again, unchanged:\n\n{}", &passage[..120]));
     let plain = generate(&mut s, &prompt, &mut NoDrafts, &greedy(48, 0), |_| true).unwrap();
-    let mut drafter = ibid::draft::Combined::new(vec![Box::new(ibid::draft::ContextDrafter::default())]);
+    let mut drafter = ibid::draft::MergingDrafter::new(vec![Box::new(ibid::draft::ContextSource::default())]);
     let spec = generate(&mut s, &prompt, &mut drafter, &greedy(48, 6), |_| true).unwrap();
     assert_eq!(plain.tokens, spec.tokens);
     eprintln!("copy prompt: {:.2} tokens per step, {} of {} drafts accepted", spec.tokens_per_step(), spec.accepted, spec.drafted);
@@ -695,10 +738,11 @@ fn context_drafts_speed_up_a_copy_and_change_nothing() {
 fn all_drafters_with_an_index_change_nothing() {
     let _l = lock();
     let stdlib = stdlib();
-    let files: Vec<std::path::PathBuf> = ["abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py", "shlex.py", "textwrap.py", "glob.py"]
-        .iter()
-        .map(|f| stdlib.join(f))
-        .collect();
+    let files: Vec<std::path::PathBuf> =
+        ["abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py", "shlex.py", "textwrap.py", "glob.py"]
+            .iter()
+            .map(|f| stdlib.join(f))
+            .collect();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("idx");
     ibid::index::build(&files, model().tokenizer(), &ibid::index::BuildOptions::new(&out), &ibid::index::build::Quiet).unwrap();
@@ -714,16 +758,17 @@ fn all_drafters_with_an_index_change_nothing() {
     let matrix_file = dir.path().join("recycle.bin");
     for prompt in prompts().iter().take(6) {
         let plain = generate(&mut s, prompt, &mut NoDrafts, &greedy(n, 0), |_| true).unwrap();
-        let mut recycle = ibid::draft::RecycleDrafter::new(warm.clone());
+        let mut recycle = ibid::draft::RecycleSource::new(warm.clone());
         recycle.save_to = Some((matrix_file.clone(), "test".into()));
-        let mut drafter = ibid::draft::Combined::new(vec![
-            Box::new(ibid::draft::ContextDrafter::default()),
-            Box::new(ibid::draft::NgramDrafter::default()),
-            Box::new(ibid::draft::IndexDrafter::new(&index)),
+        let mut drafter = ibid::draft::MergingDrafter::new(vec![
+            Box::new(ibid::draft::ContextSource::default()),
+            Box::new(ibid::draft::NgramSource::default()),
+            Box::new(ibid::draft::IndexSource::new(&index)),
             Box::new(recycle),
         ]);
-        drafter.budget = Some(ibid::draft::Budget::new(None, 16));
-        let spec = generate(&mut s, prompt, &mut drafter, &greedy(n, 16), |_| true).unwrap();
+        let mut engine = ibid::engine::Engine::new(&mut s, &mut drafter, Some(ibid::draft::Budget::new(None, 16)));
+        let spec = ibid::engine::generate_with(&mut engine, prompt, &greedy(n, 16), |_| true).unwrap();
+        drop(engine);
         assert_eq!(plain.tokens, spec.tokens);
         identical += 1;
         accepted += spec.accepted;

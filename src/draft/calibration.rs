@@ -167,7 +167,7 @@ impl Learnt {
 }
 
 /// Every source's record, and whether its near-certain estimates are meant
-/// ([`super::Proposer::sure_when_certain`]).
+/// ([`super::DraftSource::sure_when_certain`]).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Calibration {
     records: Vec<SourceRecord>,
@@ -219,7 +219,7 @@ impl Calibration {
     }
 
     /// The probability the budget works with: the lower confidence bound of [`Self::mean`].
-    pub(super) fn p(&self, source: usize, raw: f64, depth: usize) -> f64 {
+    pub(super) fn accept_probability(&self, source: usize, raw: f64, depth: usize) -> f64 {
         let (mean, evidence) = self.mean(source, raw, depth);
         (mean - CONFIDENCE_Z * (mean * (1.0 - mean) / (evidence + 1.0)).sqrt()).clamp(0.0, 1.0)
     }
@@ -258,24 +258,24 @@ mod tests {
         }
         let after_four = mean(&c, 0);
         assert!(after_four < before && after_four > before / 3.0, "{before} → {after_four}");
-        let before = c.p(1, 0.6, 1);
+        let before = c.accept_probability(1, 0.6, 1);
         for _ in 0..36 {
             c.record(0, 0.6, 1, false);
         }
-        assert!(c.p(0, 0.6, 1) < 0.05, "{}", c.p(0, 0.6, 1));
+        assert!(c.accept_probability(0, 0.6, 1) < 0.05, "{}", c.accept_probability(0, 0.6, 1));
         // the other source is untouched; one that keeps succeeding climbs above its own estimate
-        assert_eq!(c.p(1, 0.6, 1), before);
+        assert_eq!(c.accept_probability(1, 0.6, 1), before);
         for _ in 0..40 {
             c.record(1, 0.6, 1, true);
         }
-        assert!(c.p(1, 0.6, 1) > 0.85, "{}", c.p(1, 0.6, 1));
+        assert!(c.accept_probability(1, 0.6, 1) > 0.85, "{}", c.accept_probability(1, 0.6, 1));
     }
 
     #[test]
     fn the_bound_is_below_the_mean_and_closes_in_as_evidence_grows() {
         let mut c = Calibration::new(vec![false]);
         let (mean, _) = c.mean(0, 0.7, 1);
-        let cold = c.p(0, 0.7, 1);
+        let cold = c.accept_probability(0, 0.7, 1);
         // a cold start is not taken at face value
         assert!(cold < mean - 0.1, "{cold} vs {mean}");
         // outcomes at the rate the prior expects: the mean stays, the bound rises toward it
@@ -286,7 +286,7 @@ mod tests {
                 c.record(0, 0.7, 1, (i as f64 + 0.5) / 40.0 < rate);
             }
             let (m, _) = c.mean(0, 0.7, 1);
-            gaps.push(m - c.p(0, 0.7, 1));
+            gaps.push(m - c.accept_probability(0, 0.7, 1));
             assert!((m - rate).abs() < 0.05, "round {round}: {m} vs {rate}");
         }
         assert!(gaps.windows(2).all(|w| w[1] < w[0]), "{gaps:?}");
@@ -296,14 +296,14 @@ mod tests {
     #[test]
     fn near_certain_estimates_of_a_sure_source_are_not_discounted() {
         let mut c = Calibration::new(vec![true, false]);
-        let chain = |c: &Calibration, source: usize| (1..=40).map(|d| c.p(source, 0.9995, d)).product::<f64>();
+        let chain = |c: &Calibration, source: usize| (1..=40).map(|d| c.accept_probability(source, 0.9995, d)).product::<f64>();
         // at a cold start a 40-token copy is worth drafting (its bound is well above 0), a chain
         // of an unsure source is not
         assert!(chain(&c, 0) > 0.5, "{}", chain(&c, 0));
         assert!(chain(&c, 1) < 1e-3, "{}", chain(&c, 1));
         // below 0.97 both are discounted alike
-        assert_eq!(c.p(0, 0.9, 1), c.p(1, 0.9, 1));
-        assert!(c.p(0, 0.9, 1) < 0.75);
+        assert_eq!(c.accept_probability(0, 0.9, 1), c.accept_probability(1, 0.9, 1));
+        assert!(c.accept_probability(0, 0.9, 1) < 0.75);
         // copies that succeed make the whole chain near-certain
         for _ in 0..20 {
             for d in 1..=40 {
@@ -332,16 +332,16 @@ mod tests {
 
         // a new run with the sources in another order starts from it, capped
         let mut next = Calibration::new(vec![false, true]);
-        let cold = next.p(0, 0.6, 1);
+        let cold = next.accept_probability(0, 0.6, 1);
         next.remember(&["ngram".to_string(), "context".to_string()], &saved);
         assert_eq!(next.records[0].observations(), REMEMBERED);
-        let warm = next.p(0, 0.6, 1);
+        let warm = next.accept_probability(0, 0.6, 1);
         assert!(warm > cold + 0.15 && (warm - 0.75).abs() < 0.05, "{cold} → {warm}");
         // the capped evidence still yields to a run's own outcomes
         for _ in 0..300 {
             next.record(0, 0.6, 1, false);
         }
-        assert!(next.p(0, 0.6, 1) < warm - 0.25, "{warm} → {}", next.p(0, 0.6, 1));
+        assert!(next.accept_probability(0, 0.6, 1) < warm - 0.25, "{warm} → {}", next.accept_probability(0, 0.6, 1));
     }
 
     #[test]
@@ -366,15 +366,11 @@ mod tests {
         other.save(&path).unwrap();
         assert!(Learnt::load(&path).unwrap_err().to_string().contains("version"));
         // impossible counts: more accepted than reached, negative, not a number
-        for bad in [
-            r#""source_accepted":[5.0,0.0,0.0,0.0,0.0]"#,
-            r#""source_reached":[-1.0,0.0,0.0,0.0,0.0]"#,
-            r#""hits":1e999"#,
-        ] {
+        for bad in [r#""source_accepted":[5.0,0.0,0.0,0.0,0.0]"#, r#""source_reached":[-1.0,0.0,0.0,0.0,0.0]"#, r#""hits":1e999"#] {
             let text = serde_json::to_string(&learnt).unwrap();
             let key = &bad[..bad.find(':').unwrap()];
             let start = text.find(key).unwrap();
-            let end = start + text[start..].find(|ch| ch == ']' || ch == ',' || ch == '}').unwrap();
+            let end = start + text[start..].find([']', ',', '}']).unwrap();
             let end = if text.as_bytes()[start + key.len() + 1] == b'[' { end + 1 } else { end };
             std::fs::write(&path, format!("{}{bad}{}", &text[..start], &text[end..])).unwrap();
             assert!(Learnt::load(&path).is_err(), "{bad}");

@@ -1,9 +1,9 @@
 //! Drafts from the running context (prompt and output so far): where the last tokens occurred
 //! before, what followed them then is likely to follow now. Copy-heavy answers live here.
 
-use super::{Candidate, Proposer};
+use super::{Candidate, DraftSource};
 
-pub struct ContextDrafter {
+pub struct ContextSource {
     /// Longest suffix to match.
     pub max_match: usize,
     /// Shortest match worth drafting from.
@@ -12,9 +12,9 @@ pub struct ContextDrafter {
     pub max_candidates: usize,
 }
 
-impl Default for ContextDrafter {
+impl Default for ContextSource {
     fn default() -> Self {
-        ContextDrafter { max_match: 16, min_match: 1, max_candidates: 8 }
+        ContextSource { max_match: 16, min_match: 1, max_candidates: 8 }
     }
 }
 
@@ -43,7 +43,7 @@ fn periodic_copy(a: &[u32], i: usize, len: usize) -> Vec<u32> {
     (0..len).map(|k| a[i + k % period]).collect()
 }
 
-impl Proposer for ContextDrafter {
+impl DraftSource for ContextSource {
     fn name(&self) -> &str {
         "context"
     }
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_loop_is_drafted_past_the_end_of_the_context() {
-        let mut d = ContextDrafter::default();
+        let mut d = ContextSource::default();
         //          a  b  c  a  b  c  a  b
         let ctx = [1, 2, 3, 1, 2, 3, 1, 2];
         let c = d.propose(&ctx, 7);
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn continues_the_longest_recent_match() {
-        let mut d = ContextDrafter::default();
+        let mut d = ContextSource::default();
         //          a  b  c  d  x  a  b  c  e  y  a  b  c
         let ctx = [1, 2, 3, 4, 9, 1, 2, 3, 5, 8, 1, 2, 3];
         let c = d.propose(&ctx, 3);

@@ -1,5 +1,5 @@
 //! Drafters that cost no neural network: continuations from the running context and from the
-//! corpus index. Each proposes scored paths; `Combined` merges them into one tree, best first.
+//! corpus index. Each proposes scored paths; `MergingDrafter` merges them into one tree, best first.
 
 pub mod budget;
 mod calibration;
@@ -8,19 +8,21 @@ pub mod ngram;
 pub mod oracle;
 pub mod recycle;
 pub mod retrieve;
+mod sources;
 
-use crate::generate::Drafter;
+use crate::engine::Drafter;
 use crate::verify::tree::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
 pub use budget::{Budget, MAX_AUTO_BUDGET};
-pub use calibration::{Learnt, SourceRecord, LEARNT_VERSION};
 use calibration::Calibration;
-pub use context::ContextDrafter;
-pub use ngram::NgramDrafter;
-pub use oracle::OracleDrafter;
-pub use recycle::{RecycleDrafter, RecycleMatrix};
-pub use retrieve::IndexDrafter;
+pub use calibration::{Learnt, SourceRecord, LEARNT_VERSION};
+pub use context::ContextSource;
+pub use ngram::NgramSource;
+pub use oracle::OracleSource;
+pub use recycle::{RecycleMatrix, RecycleSource};
+pub use retrieve::IndexSource;
+pub use sources::{OpenedSources, SourceSet};
 
 /// A proposed continuation and how likely the proposer thinks each of its tokens is.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +46,7 @@ impl Candidate {
 }
 
 /// A source of candidates.
-pub trait Proposer {
+pub trait DraftSource {
     fn name(&self) -> &str;
     fn propose(&mut self, context: &[u32], max_depth: usize) -> Vec<Candidate>;
 
@@ -57,7 +59,7 @@ pub trait Proposer {
         false
     }
 
-    /// Whether [`Proposer::observe_logits`] should be called (it costs a pass over the logits).
+    /// Whether [`DraftSource::observe_logits`] should be called (it costs a pass over the logits).
     fn wants_logits(&self) -> bool {
         false
     }
@@ -77,8 +79,8 @@ pub trait Proposer {
 }
 
 /// A borrowed proposer is a proposer: a caller can keep a source (and what it learns) across
-/// several runs of [`Combined`].
-impl<P: Proposer + ?Sized> Proposer for &mut P {
+/// several runs of [`MergingDrafter`].
+impl<P: DraftSource + ?Sized> DraftSource for &mut P {
     fn name(&self) -> &str {
         (**self).name()
     }
@@ -125,48 +127,39 @@ struct TrieNode {
     seconders: Vec<(SourceId, f64)>,
 }
 
-/// Several proposers merged into one tree. Every candidate token gets a calibrated acceptance
+/// Several draft sources merged into one tree. Every candidate token gets a calibrated acceptance
 /// probability (its source's estimate, corrected by what such estimates achieved so far); nodes
 /// enter the tree by descending path probability, shared prefixes once; the budget then keeps
 /// the number of nodes that maximizes expected tokens per unit of verification cost.
-pub struct Combined<'a> {
-    proposers: Vec<Box<dyn Proposer + 'a>>,
+pub struct MergingDrafter<'a> {
+    sources: Vec<Box<dyn DraftSource + 'a>>,
     pub stats: Vec<SourceStats>,
     pub max_depth: usize,
-    /// Sizes each step's tree from costs; without it, the caller's budget is used as is.
-    pub budget: Option<Budget>,
-    /// Budgets chosen, for `--stats`.
-    pub budgets: Vec<usize>,
     calibration: Calibration,
     /// Where what the sources' estimates are worth is remembered across runs, and what it held.
     memory: Option<(std::path::PathBuf, Learnt)>,
-    /// The last tree with its estimates and shadow nodes, for `observe`.
-    last: Ranked,
 }
 
-impl<'a> Combined<'a> {
-    pub fn new(proposers: Vec<Box<dyn Proposer + 'a>>) -> Self {
-        let n = proposers.len();
-        let sure = proposers.iter().map(|p| p.sure_when_certain()).collect();
-        Combined {
-            proposers,
+impl<'a> MergingDrafter<'a> {
+    pub fn new(sources: Vec<Box<dyn DraftSource + 'a>>) -> Self {
+        let n = sources.len();
+        let sure = sources.iter().map(|p| p.sure_when_certain()).collect();
+        MergingDrafter {
+            sources,
             stats: vec![SourceStats::default(); n],
             max_depth: MAX_AUTO_BUDGET,
-            budget: None,
-            budgets: Vec::new(),
             calibration: Calibration::new(sure),
             memory: None,
-            last: Ranked::default(),
         }
     }
 
     pub fn source_names(&self) -> Vec<String> {
-        self.proposers.iter().map(|p| p.name().to_string()).collect()
+        self.sources.iter().map(|p| p.name().to_string()).collect()
     }
 
     /// Per source: name, drafted and accepted tokens, and the source's own figures.
     pub fn source_report(&self) -> Vec<serde_json::Value> {
-        self.proposers
+        self.sources
             .iter()
             .zip(&self.stats)
             .map(|(p, s)| {
@@ -206,7 +199,7 @@ impl<'a> Combined<'a> {
             }
             None => Ok(()),
         };
-        for p in &mut self.proposers {
+        for p in &mut self.sources {
             if let Err(e) = p.finish() {
                 if first.is_ok() {
                     first = Err(e);
@@ -217,8 +210,8 @@ impl<'a> Combined<'a> {
     }
 
     /// Up to `max_nodes` nodes in one tree, best first by estimated path probability, for the
-    /// caller to cut (see [`Budget::choose_joint`]); [`Drafter::draft`] cuts with `self.budget`.
-    pub fn rank(&mut self, context: &[u32], max_nodes: usize) -> Ranked {
+    /// caller to cut (see [`Budget::choose_joint`]).
+    pub fn rank(&mut self, context: &[u32], max_nodes: usize) -> RankedTree {
         let (mut nodes, roots) = self.trie(context);
         normalize_siblings(&mut nodes, &roots);
         for n in 0..nodes.len() {
@@ -227,7 +220,7 @@ impl<'a> Combined<'a> {
         }
         // Best first by path probability; a child never beats its parent, so parents come first.
         let mut open: Vec<(f64, usize, Option<usize>)> = roots.iter().map(|&r| (nodes[r].q, r, None)).collect();
-        let mut ranked = Ranked::default();
+        let mut ranked = RankedTree::default();
         while ranked.tree.len() < max_nodes {
             let Some(best) = (0..open.len()).max_by(|&a, &b| open[a].0.total_cmp(&open[b].0)) else { break };
             let (p, n, parent) = open.swap_remove(best);
@@ -244,7 +237,7 @@ impl<'a> Combined<'a> {
     /// Learn from a verification step of a tree made by [`Self::rank`] and cut as verified (with
     /// its estimates and shadow nodes): acceptance per source, the calibration, and each source's
     /// own lessons.
-    pub fn observe_ranked(&mut self, ranked: &Ranked, outcome: &StepOutcome) {
+    pub fn observe_ranked(&mut self, ranked: &RankedTree, outcome: &StepOutcome) {
         let tree = &ranked.tree;
         let accepted = count_by_source(tree, outcome, &mut self.stats);
         let sources = self.stats.len();
@@ -278,7 +271,7 @@ impl<'a> Combined<'a> {
                 }
             }
         }
-        for (i, p) in self.proposers.iter_mut().enumerate() {
+        for (i, p) in self.sources.iter_mut().enumerate() {
             p.observe(tree, outcome, i as SourceId);
         }
     }
@@ -287,17 +280,17 @@ impl<'a> Combined<'a> {
     fn trie(&mut self, context: &[u32]) -> (Vec<TrieNode>, Vec<usize>) {
         let mut nodes: Vec<TrieNode> = Vec::new();
         let mut roots: Vec<usize> = Vec::new();
-        for i in 0..self.proposers.len() {
+        for i in 0..self.sources.len() {
             let max_depth = self.max_depth;
-            for c in self.proposers[i].propose(context, max_depth) {
+            for c in self.sources[i].propose(context, max_depth) {
                 let mut parent: Option<usize> = None;
                 for (d, (&t, &raw)) in c.tokens.iter().zip(&c.scores).enumerate().take(max_depth) {
-                    let q = self.calibration.p(i, raw, d + 1);
+                    let q = self.calibration.accept_probability(i, raw, d + 1);
                     let siblings = parent.map_or(&roots, |p| &nodes[p].children);
                     let found = siblings.iter().copied().find(|&n| nodes[n].token == t);
                     let node = match found {
                         Some(n) => {
-                            nodes[n].second(i as SourceId, raw, q);
+                            nodes[n].add_proposer(i as SourceId, raw, q);
                             n
                         }
                         None => {
@@ -329,7 +322,7 @@ impl<'a> Combined<'a> {
 impl TrieNode {
     /// Source `source` proposes this token too: the likelier estimate leads (the tree takes its
     /// source and probability), the other is kept for calibration, once per source (its highest).
-    fn second(&mut self, source: SourceId, raw: f64, q: f64) {
+    fn add_proposer(&mut self, source: SourceId, raw: f64, q: f64) {
         if source == self.source {
             if q > self.q {
                 (self.q, self.raw) = (q, raw);
@@ -353,7 +346,7 @@ impl TrieNode {
 /// A merged tree before its cut: nodes best first, with their path probabilities and their
 /// sources' raw estimates.
 #[derive(Debug, Clone, Default)]
-pub struct Ranked {
+pub struct RankedTree {
     pub tree: DraftTree,
     pub path_p: Vec<f64>,
     pub raw: Vec<f64>,
@@ -377,7 +370,16 @@ pub struct Shadow {
     pub seconders: Vec<(SourceId, f64)>,
 }
 
-impl Ranked {
+/// A tree made without estimates (a test's, a fixed one): every path counted as sure, no other
+/// sources. Without a budget the engine verifies it as it is.
+impl From<DraftTree> for RankedTree {
+    fn from(tree: DraftTree) -> Self {
+        let n = tree.len();
+        RankedTree { tree, path_p: vec![1.0; n], raw: vec![1.0; n], seconders: vec![Vec::new(); n], shadow: Vec::new() }
+    }
+}
+
+impl RankedTree {
     /// Every source that proposed `node`, with its raw estimate: the tree's source first.
     pub fn proposers(&self, node: usize) -> impl Iterator<Item = (SourceId, f64)> + '_ {
         let first = self.raw.get(node).map(|&raw| (self.tree.source(node), raw));
@@ -451,48 +453,27 @@ fn normalize_siblings(nodes: &mut [TrieNode], siblings: &[usize]) {
     }
 }
 
-impl Drafter for Combined<'_> {
-    fn name(&self) -> &str {
-        "combined"
+impl Drafter for MergingDrafter<'_> {
+    fn rank(&mut self, context: &[u32], max_nodes: usize) -> RankedTree {
+        MergingDrafter::rank(self, context, max_nodes)
     }
 
-    fn draft(&mut self, context: &[u32], budget: usize) -> DraftTree {
-        let mut ranked = self.rank(context, budget);
-        let keep = self.budget.as_mut().map_or(ranked.tree.len(), |b| b.choose(&ranked.path_p));
-        ranked.truncate(keep);
-        tracing::debug!(nodes = keep, expected = ranked.path_p.iter().sum::<f64>(), "draft");
-        self.budgets.push(keep);
-        let tree = ranked.tree.clone();
-        self.last = ranked;
-        tree
-    }
-
-    fn observe(&mut self, tree: &DraftTree, outcome: &StepOutcome) {
-        let mut last = std::mem::take(&mut self.last);
-        if last.tree != *tree {
-            // the caller cut the tree further (room or tokens left)
-            last.truncate(tree.len());
-        }
-        if let Some(b) = self.budget.as_mut() {
-            b.observe_tree(tree.len(), outcome.accepted.len());
-        }
-        self.observe_ranked(&last, outcome);
+    fn observe(&mut self, drafted: &RankedTree, outcome: &StepOutcome) {
+        self.observe_ranked(drafted, outcome);
     }
 
     fn wants_logits(&self) -> bool {
-        self.proposers.iter().any(|p| p.wants_logits())
+        self.sources.iter().any(|p| p.wants_logits())
     }
 
     fn observe_logits(&mut self, token: u32, logits: &[f32]) {
-        for p in self.proposers.iter_mut().filter(|p| p.wants_logits()) {
+        for p in self.sources.iter_mut().filter(|p| p.wants_logits()) {
             p.observe_logits(token, logits);
         }
     }
 
-    fn observe_cost(&mut self, rows: usize, seconds: f64) {
-        if let Some(b) = self.budget.as_mut() {
-            b.observe(rows, seconds);
-        }
+    fn finish(&mut self) -> crate::Result<()> {
+        MergingDrafter::finish(self)
     }
 }
 
@@ -501,7 +482,7 @@ mod tests {
     use super::*;
 
     struct Fixed(Vec<Candidate>);
-    impl Proposer for Fixed {
+    impl DraftSource for Fixed {
         fn name(&self) -> &str {
             "fixed"
         }
@@ -512,7 +493,7 @@ mod tests {
 
     #[test]
     fn limit_leaves_keeps_a_prefix_with_at_most_that_many_paths() {
-        let mut r = Ranked::default();
+        let mut r = RankedTree::default();
         // 0 and 1 are roots; 2 under 0; 3 under 0; 4 under 2; 5 under 1
         for (parent, token) in [(None, 1), (None, 2), (Some(0), 3), (Some(0), 4), (Some(2), 5), (Some(1), 6)] {
             r.tree.push(parent, token, 0);
@@ -537,10 +518,10 @@ mod tests {
     #[test]
     fn shadow_nodes_teach_the_calibration_without_being_verified() {
         // two sources propose different first tokens; steps verify nothing (budget 0)
-        let proposers: Vec<Box<dyn Proposer>> =
+        let proposers: Vec<Box<dyn DraftSource>> =
             vec![Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.5)])), Box::new(Fixed(vec![Candidate::uniform(vec![7], 0.5)]))];
-        let mut c = Combined::new(proposers);
-        let first_p = |c: &mut Combined, token: u32| {
+        let mut c = MergingDrafter::new(proposers);
+        let first_p = |c: &mut MergingDrafter, token: u32| {
             let r = c.rank(&[0], 8);
             (0..r.tree.len()).find(|&n| r.tree.token(n) == token && r.tree.parent(n).is_none()).map(|n| r.path_p[n]).unwrap()
         };
@@ -565,10 +546,10 @@ mod tests {
     #[test]
     fn every_source_that_proposed_a_node_is_judged_on_it() {
         // both propose 5 first; source 0's estimate is the higher, so the tree credits it
-        let proposers: Vec<Box<dyn Proposer>> =
+        let proposers: Vec<Box<dyn DraftSource>> =
             vec![Box::new(Fixed(vec![Candidate::uniform(vec![5], 0.9)])), Box::new(Fixed(vec![Candidate::uniform(vec![5, 6], 0.3)]))];
-        let mut c = Combined::new(proposers);
-        let before = c.calibration.p(1, 0.3, 1);
+        let mut c = MergingDrafter::new(proposers);
+        let before = c.calibration.accept_probability(1, 0.3, 1);
         for _ in 0..20 {
             let mut r = c.rank(&[0], 8);
             assert_eq!((r.tree.source(0), r.proposers(0).collect::<Vec<_>>()), (0, vec![(0, 0.9), (1, 0.3)]));
@@ -578,7 +559,7 @@ mod tests {
             c.observe_ranked(&r, &out);
         }
         // source 1 learnt from the node it shared (its p at depth 1 climbs) and from its shadow at depth 2
-        assert!(c.calibration.p(1, 0.3, 1) > before + 0.3, "{before} → {}", c.calibration.p(1, 0.3, 1));
+        assert!(c.calibration.accept_probability(1, 0.3, 1) > before + 0.3, "{before} → {}", c.calibration.accept_probability(1, 0.3, 1));
         assert_eq!(c.calibration.reached_at(1, 1), 20.0);
         assert_eq!(c.calibration.reached_at(1, 2), 20.0);
         // the tree's counts credit the node to the source it was drafted under
@@ -587,19 +568,19 @@ mod tests {
 
     #[test]
     fn merges_best_first_within_budget() {
-        let mut c = Combined::new(vec![Box::new(Fixed(vec![
+        let mut c = MergingDrafter::new(vec![Box::new(Fixed(vec![
             Candidate::uniform(vec![1, 2, 3], 0.9),
             Candidate { tokens: vec![1, 2, 4], scores: vec![0.9, 0.9, 0.5] },
             Candidate::uniform(vec![7, 8], 0.1),
         ]))]);
-        let t = c.draft(&[0], 4);
+        let t = c.rank(&[0], 4).tree;
         assert_eq!(t.len(), 4);
         assert_eq!(t.path(2), vec![1, 2, 3]);
         assert_eq!(t.path(3), vec![1, 2, 4]);
-        let t = c.draft(&[0], 10);
-        assert_eq!(t.len(), 6);
+        let r = c.rank(&[0], 10);
+        assert_eq!(r.tree.len(), 6);
         let out = StepOutcome { emitted: vec![1, 2, 9], accepted: vec![0, 1], margins: vec![], batch_tokens: 7 };
-        c.observe(&t, &out);
+        c.observe(&r, &out);
         assert_eq!((c.stats[0].drafted, c.stats[0].accepted), (6, 2));
     }
 }

@@ -5,10 +5,13 @@
 
 use std::collections::HashMap;
 
-use super::{Candidate, Proposer};
+use super::{Candidate, DraftSource};
 
 /// Longest n-gram counted.
 const MAX_N: usize = 4;
+
+/// An n-gram's followers: the n used, their total count, and (token, count) pairs.
+type Followers<'a> = (usize, u32, &'a [(u32, u32)]);
 
 /// Counts of the tokens that followed each n-gram (1 ≤ n ≤ 4) of a token sequence.
 #[derive(Debug, Default)]
@@ -56,7 +59,7 @@ impl NgramCounts {
 
     /// The followers of the longest n-gram ending `tokens` that has at least `min_total`
     /// occurrences with a successor, with the n used and that total.
-    fn followers(&self, tokens: &[u32], min_total: &[u32; MAX_N]) -> Option<(usize, u32, &[(u32, u32)])> {
+    fn followers(&self, tokens: &[u32], min_total: &[u32; MAX_N]) -> Option<Followers<'_>> {
         (1..=MAX_N.min(tokens.len())).rev().find_map(|n| {
             let f = self.next.get(&key(&tokens[tokens.len() - n..]))?;
             let total: u32 = f.iter().map(|&(_, c)| c).sum();
@@ -68,7 +71,7 @@ impl NgramCounts {
 /// Running contexts counted at once (a server drafts for several requests in turn).
 const MAX_TABLES: usize = 8;
 
-pub struct NgramDrafter {
+pub struct NgramSource {
     /// Counts per running context, with when each was last used.
     tables: Vec<(u64, NgramCounts)>,
     clock: u64,
@@ -81,9 +84,9 @@ pub struct NgramDrafter {
     pub min_path: f64,
 }
 
-impl Default for NgramDrafter {
+impl Default for NgramSource {
     fn default() -> Self {
-        NgramDrafter { tables: Vec::new(), clock: 0, min_total: [3, 2, 1, 1], first_alternatives: 2, min_path: 0.05 }
+        NgramSource { tables: Vec::new(), clock: 0, min_total: [3, 2, 1, 1], first_alternatives: 2, min_path: 0.05 }
     }
 }
 
@@ -94,7 +97,7 @@ fn estimate(count: u32, total: u32, n: usize) -> f64 {
     context_weight * count as f64 / (total as f64 + 1.0)
 }
 
-impl NgramDrafter {
+impl NgramSource {
     /// The counts of `context`: those of the longest context counted so far that it extends,
     /// brought up to date; a new table (or the least recently used one, cleared) otherwise.
     fn counts_for(&mut self, context: &[u32]) -> &NgramCounts {
@@ -119,7 +122,7 @@ impl NgramDrafter {
     }
 }
 
-impl Proposer for NgramDrafter {
+impl DraftSource for NgramSource {
     fn name(&self) -> &str {
         "ngram"
     }
@@ -128,8 +131,7 @@ impl Proposer for NgramDrafter {
         let (min_total, alternatives, min_path) = (self.min_total, self.first_alternatives, self.min_path);
         let counts = self.counts_for(context);
         let Some((n, total, first)) = counts.followers(context, &min_total) else { return Vec::new() };
-        let firsts: Vec<(u32, f64)> =
-            first.iter().take(alternatives).map(|&(t, c)| (t, estimate(c, total, n))).collect();
+        let firsts: Vec<(u32, f64)> = first.iter().take(alternatives).map(|&(t, c)| (t, estimate(c, total, n))).collect();
         let mut out = Vec::new();
         // Lookups see at most the last MAX_N tokens: the context's tail, then the chain.
         let tail = &context[context.len().saturating_sub(MAX_N)..];
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn chains_follow_the_majority_one_token_at_a_time() {
         // only single tokens as context
-        let mut d = NgramDrafter { min_total: [1, 99, 99, 99], ..NgramDrafter::default() };
+        let mut d = NgramSource { min_total: [1, 99, 99, 99], ..NgramSource::default() };
         // after 1 comes 2 (three times) or 3 (once); after 2 comes 4; after 4 comes 1
         let ctx = [1, 2, 4, 1, 2, 4, 1, 3, 4, 1, 2, 4, 1];
         let c = d.propose(&ctx, 5);
@@ -211,13 +213,13 @@ mod tests {
         assert!(c[0].scores[0] > c[1].scores[0]);
         assert!(c.iter().all(|x| x.scores.iter().all(|&p| p > 0.0 && p < 1.0)));
         // nothing is drafted from an n-gram seen too rarely
-        let mut strict = NgramDrafter::default();
+        let mut strict = NgramSource::default();
         assert!(strict.propose(&[5, 6, 5], 4).is_empty());
     }
 
     #[test]
     fn contexts_drafted_in_turn_keep_their_own_counts() {
-        let mut d = NgramDrafter { min_total: [1, 99, 99, 99], ..NgramDrafter::default() };
+        let mut d = NgramSource { min_total: [1, 99, 99, 99], ..NgramSource::default() };
         let a = [1, 2, 1, 2, 1];
         let b = [1, 3, 1, 3, 1];
         for step in 0..3 {

@@ -1,21 +1,21 @@
 //! The ceiling: drafts the true continuation (from an earlier run of the same prompt), so every
 //! draft is accepted and only the budget and batch costs limit the speedup.
 
-use super::{Candidate, Proposer};
+use super::{Candidate, DraftSource};
 
-pub struct OracleDrafter {
+pub struct OracleSource {
     prompt_len: usize,
     reference: Vec<u32>,
 }
 
-impl OracleDrafter {
+impl OracleSource {
     /// `prompt_len` tokens of prompt (BOS included) are followed by `reference`.
     pub fn new(prompt_len: usize, reference: Vec<u32>) -> Self {
-        OracleDrafter { prompt_len, reference }
+        OracleSource { prompt_len, reference }
     }
 }
 
-impl Proposer for OracleDrafter {
+impl DraftSource for OracleSource {
     fn name(&self) -> &str {
         "oracle"
     }
@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn drafts_the_reference_after_what_was_generated() {
-        let mut o = OracleDrafter::new(3, vec![10, 11, 12, 13]);
+        let mut o = OracleSource::new(3, vec![10, 11, 12, 13]);
         assert_eq!(o.propose(&[1, 2, 3], 2)[0].tokens, vec![10, 11]);
         assert_eq!(o.propose(&[1, 2, 3, 10, 11], 8)[0].tokens, vec![12, 13]);
         assert!(o.propose(&[1, 2, 3, 10, 11, 12, 13], 8).is_empty());

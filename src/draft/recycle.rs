@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{Candidate, Proposer};
+use super::{Candidate, DraftSource};
 use crate::error::{write_atomic, Error, IoContext, Result};
 use crate::index::Index;
 use crate::verify::tree::SourceId;
@@ -168,15 +168,10 @@ impl RecycleMatrix {
         }
         let file_identity = &body[header..header + id_len as usize];
         if file_identity != identity.as_bytes() {
-            return Err(bad(format!(
-                "made for {:?}, not {identity:?}",
-                String::from_utf8_lossy(file_identity)
-            )));
+            return Err(bad(format!("made for {:?}, not {identity:?}", String::from_utf8_lossy(file_identity))));
         }
-        let next: Vec<u32> = body[header + id_len as usize..]
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let next: Vec<u32> =
+            body[header + id_len as usize..].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
         if next.iter().any(|&x| x != EMPTY && x as usize >= vocab) {
             return Err(bad("a follower outside the vocabulary".into()));
         }
@@ -194,12 +189,7 @@ pub fn matrix_path(index_dir: &Path, vocab_hash: &str, k: usize) -> PathBuf {
 pub fn identity(vocab_hash: &str, index: Option<&Index>) -> String {
     let index_part = match index {
         Some(ix) => match &ix.manifest {
-            Some(m) => m
-                .shards
-                .iter()
-                .flat_map(|s| s.files.values().map(|f| f.xxh3.clone()))
-                .collect::<Vec<_>>()
-                .join(","),
+            Some(m) => m.shards.iter().flat_map(|s| s.files.values().map(|f| f.xxh3.clone())).collect::<Vec<_>>().join(","),
             None => format!("{}:{}", ix.tokens(), ix.documents()),
         },
         None => "none".into(),
@@ -245,7 +235,7 @@ pub fn top_k_ids(values: &[f32], k: usize) -> Vec<u32> {
 }
 
 /// Drafts from a [`RecycleMatrix`] and keeps it current from the verifier's logits.
-pub struct RecycleDrafter {
+pub struct RecycleSource {
     pub matrix: RecycleMatrix,
     /// Most nodes proposed per step.
     pub max_nodes: usize,
@@ -261,14 +251,23 @@ pub struct RecycleDrafter {
     pub save_to: Option<(PathBuf, String)>,
 }
 
-impl RecycleDrafter {
+impl RecycleSource {
     pub fn new(matrix: RecycleMatrix) -> Self {
         let k = matrix.k();
-        RecycleDrafter { matrix, max_nodes: 24, reached: vec![0; k], accepted: vec![0; k], proposed: HashMap::new(), updates: 0, origin: None, save_to: None }
+        RecycleSource {
+            matrix,
+            max_nodes: 24,
+            reached: vec![0; k],
+            accepted: vec![0; k],
+            proposed: HashMap::new(),
+            updates: 0,
+            origin: None,
+            save_to: None,
+        }
     }
 
     /// The drafter for `model` (and `index`): its saved matrix, else one warmed from the index,
-    /// else an empty one. With `save`, the matrix is written back by [`Proposer::finish`]. A saved
+    /// else an empty one. With `save`, the matrix is written back by [`DraftSource::finish`]. A saved
     /// file that could not be used comes back as the second value (it will be replaced).
     pub fn for_model(model: &crate::model::Model, index: Option<&Index>, save: bool) -> (Self, Option<Error>) {
         use crate::tokenize::Tokenizer;
@@ -277,7 +276,7 @@ impl RecycleDrafter {
         let path = matrix_path(&dir, &vocab_hash, DEFAULT_K);
         let id = identity(&vocab_hash, index);
         let (matrix, origin, problem) = open_matrix(&path, &id, index, model.n_vocab(), DEFAULT_K);
-        let mut drafter = RecycleDrafter::new(matrix);
+        let mut drafter = RecycleSource::new(matrix);
         drafter.origin = Some(origin);
         if save {
             drafter.save_to = Some((path, id));
@@ -315,7 +314,7 @@ impl Ord for Open {
     }
 }
 
-impl Proposer for RecycleDrafter {
+impl DraftSource for RecycleSource {
     fn name(&self) -> &str {
         "recycle"
     }
@@ -432,7 +431,7 @@ mod tests {
         let mut m = RecycleMatrix::new(10, 2);
         m.update_from_logits(1, &[0.0, 0.0, 5.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]); // 1 → 2, 3
         m.update_from_logits(2, &[0.0, 0.0, 0.0, 0.0, 5.0, 4.0, 0.0, 0.0, 0.0, 0.0]); // 2 → 4, 5
-        let mut d = RecycleDrafter::new(m);
+        let mut d = RecycleSource::new(m);
         d.max_nodes = 3;
         let c = d.propose(&[7, 1], 4);
         let paths: Vec<Vec<u32>> = c.iter().map(|c| c.tokens.clone()).collect();

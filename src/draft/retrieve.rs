@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use super::{Candidate, Proposer};
+use super::{Candidate, DraftSource};
 use crate::index::Index;
 
-pub struct IndexDrafter<'i> {
+pub struct IndexSource<'i> {
     index: &'i Index,
     /// Longest context suffix looked up.
     pub max_suffix: usize,
@@ -18,13 +18,13 @@ pub struct IndexDrafter<'i> {
     pub min_suffix: usize,
 }
 
-impl<'i> IndexDrafter<'i> {
+impl<'i> IndexSource<'i> {
     pub fn new(index: &'i Index) -> Self {
-        IndexDrafter { index, max_suffix: 16, samples: 64, max_candidates: 8, min_suffix: 3 }
+        IndexSource { index, max_suffix: 16, samples: 64, max_candidates: 8, min_suffix: 3 }
     }
 }
 
-impl Proposer for IndexDrafter<'_> {
+impl DraftSource for IndexSource<'_> {
     fn name(&self) -> &str {
         "index"
     }

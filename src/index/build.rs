@@ -14,7 +14,7 @@ use super::tokens::TokenBuf;
 use super::write::{write_file, Staging};
 use crate::corpus::{self, CorpusOptions, Document, DocumentStream};
 use crate::error::{Error, IoContext, Result};
-use crate::tokenize::{self, Tokenizer, TokenWidth, PIECE_TARGET_BYTES};
+use crate::tokenize::{self, TokenWidth, Tokenizer, PIECE_TARGET_BYTES};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -109,12 +109,7 @@ struct ShardBuilder {
 
 impl ShardBuilder {
     fn new(width: TokenWidth) -> Self {
-        ShardBuilder {
-            tokens: TokenBuf::new(width),
-            offsets: Vec::new(),
-            metadata: Vec::new(),
-            metaoff: Vec::new(),
-        }
+        ShardBuilder { tokens: TokenBuf::new(width), offsets: Vec::new(), metadata: Vec::new(), metaoff: Vec::new() }
     }
 
     fn add(&mut self, ids: &[u32], doc: &Document) {
@@ -149,10 +144,7 @@ impl Build<'_> {
         let sep = self.width.separator();
         for (doc, ids) in docs.iter().zip(tokenized) {
             if let Some(bad) = ids.iter().find(|&&t| t >= sep) {
-                return Err(Error::Tokenizer(format!(
-                    "token id {bad} does not fit below the {}-byte separator",
-                    self.width.bytes()
-                )));
+                return Err(Error::Tokenizer(format!("token id {bad} does not fit below the {}-byte separator", self.width.bytes())));
             }
             let needed = ids.len() as u64 + 1;
             if needed > MAX_SHARD_TOKENS {
@@ -178,10 +170,7 @@ impl Build<'_> {
         let n_docs = shard.offsets.len() as u64;
         let tokenized_bytes = n_tokens * self.width.bytes() as u64;
         let path = |f: ShardFile| dir.join(f.name(id));
-        files.insert(
-            ShardFile::Tokenized.name(id),
-            write_file(&path(ShardFile::Tokenized), |w| shard.tokens.write_le(w))?,
-        );
+        files.insert(ShardFile::Tokenized.name(id), write_file(&path(ShardFile::Tokenized), |w| shard.tokens.write_le(w))?);
         files.insert(ShardFile::Offset.name(id), write_file(&path(ShardFile::Offset), |w| write_u64s(w, &shard.offsets))?);
         files.insert(ShardFile::Metadata.name(id), write_file(&path(ShardFile::Metadata), |w| w.write_all(&shard.metadata))?);
         files.insert(ShardFile::Metaoff.name(id), write_file(&path(ShardFile::Metaoff), |w| write_u64s(w, &shard.metaoff))?);
@@ -196,18 +185,9 @@ impl Build<'_> {
         let t2 = Instant::now();
         let ptr_width = pointer_width(tokenized_bytes);
         let width_bytes = self.width.bytes();
-        files.insert(
-            ShardFile::Table.name(id),
-            write_file(&path(ShardFile::Table), |w| sa::write_table(&sa, width_bytes, ptr_width, w))?,
-        );
+        files.insert(ShardFile::Table.name(id), write_file(&path(ShardFile::Table), |w| sa::write_table(&sa, width_bytes, ptr_width, w))?);
         self.timings.write_s += write_s + t2.elapsed().as_secs_f64();
-        self.shards.push(ShardManifest {
-            id,
-            documents: n_docs,
-            tokens: n_tokens,
-            pointer_width: ptr_width,
-            files,
-        });
+        self.shards.push(ShardManifest { id, documents: n_docs, tokens: n_tokens, pointer_width: ptr_width, files });
         Ok(())
     }
 }
@@ -311,13 +291,7 @@ pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptio
     observer.stage("moving the index into place");
     build.staging.commit()?;
     build.timings.total_s = start.elapsed().as_secs_f64();
-    Ok(BuildReport {
-        output: options.output.clone(),
-        manifest,
-        input_bytes,
-        text_bytes: build.text_bytes,
-        timings: build.timings,
-    })
+    Ok(BuildReport { output: options.output.clone(), manifest, input_bytes, text_bytes: build.text_bytes, timings: build.timings })
 }
 
 /// Where `ibid build` puts an index when no `-o` is given: `index/<name of the first input>`.

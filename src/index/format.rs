@@ -33,13 +33,7 @@ pub enum ShardFile {
 }
 
 impl ShardFile {
-    pub const ALL: [ShardFile; 5] = [
-        ShardFile::Tokenized,
-        ShardFile::Table,
-        ShardFile::Offset,
-        ShardFile::Metadata,
-        ShardFile::Metaoff,
-    ];
+    pub const ALL: [ShardFile; 5] = [ShardFile::Tokenized, ShardFile::Table, ShardFile::Offset, ShardFile::Metadata, ShardFile::Metaoff];
 
     pub fn stem(self) -> &'static str {
         match self {
@@ -114,18 +108,14 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         super::open::regular_file(&path)?;
         let text = std::fs::read(&path).at(&path)?;
-        let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
         if manifest.format != FORMAT_NAME {
             return Err(Error::corrupt(&path, format!("not an ibid manifest (format {:?})", manifest.format)));
         }
         if manifest.format_version != FORMAT_VERSION {
             return Err(Error::corrupt(
                 &path,
-                format!(
-                    "format version {} is not supported (this ibid reads version {FORMAT_VERSION})",
-                    manifest.format_version
-                ),
+                format!("format version {} is not supported (this ibid reads version {FORMAT_VERSION})", manifest.format_version),
             ));
         }
         let docs: u64 = manifest.shards.iter().map(|s| s.documents).sum();

@@ -42,10 +42,7 @@ impl Mapped {
             // the only hazard left is another process truncating the file under us.
             Some(unsafe { Mmap::map(&file) }.at(path)?)
         };
-        Ok(Mapped {
-            map,
-            path: path.to_path_buf(),
-        })
+        Ok(Mapped { map, path: path.to_path_buf() })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -176,11 +173,7 @@ impl Index {
         if !dir.is_dir() {
             return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no index folder here")));
         }
-        let mut index = if dir.join(MANIFEST_FILE).exists() {
-            open_manifest(dir, options)?
-        } else {
-            open_bare(dir, options)?
-        };
+        let mut index = if dir.join(MANIFEST_FILE).exists() { open_manifest(dir, options)? } else { open_bare(dir, options)? };
         let from_manifest = index.manifest.as_ref().and_then(|m| m.tokenizer.eos_token_id);
         index.eos_token_id = options.eos_token_id.or(from_manifest).unwrap_or(index.width.separator());
         for shard in &index.shards {
@@ -211,9 +204,7 @@ fn open_files(dir: &Path, id: usize) -> Result<[Option<Mapped>; 5]> {
 
 fn shard_from(dir: &Path, id: usize, width: TokenWidth, files: [Option<Mapped>; 5]) -> Result<Shard> {
     let [tokenized, table, offsets, metadata, metaoff] = files;
-    let need = |m: Option<Mapped>, kind: ShardFile| {
-        m.ok_or_else(|| Error::corrupt(dir, format!("{} is missing", kind.name(id))))
-    };
+    let need = |m: Option<Mapped>, kind: ShardFile| m.ok_or_else(|| Error::corrupt(dir, format!("{} is missing", kind.name(id))));
     let tokenized = need(tokenized, ShardFile::Tokenized)?;
     let table = need(table, ShardFile::Table)?;
     let offsets = need(offsets, ShardFile::Offset)?;
@@ -224,10 +215,7 @@ fn shard_from(dir: &Path, id: usize, width: TokenWidth, files: [Option<Mapped>; 
     let ptr = pointer_width(tokenized.len());
     let tokens = tokenized.len() / w;
     if table.len() != tokens * ptr as u64 {
-        return Err(Error::corrupt(
-            &table.path,
-            format!("size {} does not match {tokens} tokens × {ptr}-byte pointers", table.len()),
-        ));
+        return Err(Error::corrupt(&table.path, format!("size {} does not match {tokens} tokens × {ptr}-byte pointers", table.len())));
     }
     if offsets.is_empty() || offsets.len() % 8 != 0 {
         return Err(Error::corrupt(&offsets.path, format!("size {} is not a positive multiple of 8", offsets.len())));
@@ -241,27 +229,14 @@ fn shard_from(dir: &Path, id: usize, width: TokenWidth, files: [Option<Mapped>; 
         }
         _ => (None, None),
     };
-    Ok(Shard {
-        id,
-        width,
-        pointer_width: ptr,
-        tokenized,
-        table,
-        offsets,
-        metadata,
-        metaoff,
-    })
+    Ok(Shard { id, width, pointer_width: ptr, tokenized, table, offsets, metadata, metaoff })
 }
 
 fn open_manifest(dir: &Path, options: &OpenOptions) -> Result<Index> {
     let manifest = Manifest::read(dir)?;
     if let Some(w) = options.token_width {
         if w != manifest.token_width {
-            return Err(Error::Invalid(format!(
-                "the manifest says {}-byte tokens, not {}",
-                manifest.token_width.bytes(),
-                w.bytes()
-            )));
+            return Err(Error::Invalid(format!("the manifest says {}-byte tokens, not {}", manifest.token_width.bytes(), w.bytes())));
         }
     }
     if manifest.shards.is_empty() {
@@ -289,13 +264,7 @@ fn open_manifest(dir: &Path, options: &OpenOptions) -> Result<Index> {
     if dir.join(ShardFile::Tokenized.name(manifest.shards.len())).exists() {
         return Err(Error::corrupt(dir, "there are more shards on disk than the manifest lists"));
     }
-    Ok(Index {
-        dir: dir.to_path_buf(),
-        width: manifest.token_width,
-        manifest: Some(manifest),
-        shards,
-        eos_token_id: 0,
-    })
+    Ok(Index { dir: dir.to_path_buf(), width: manifest.token_width, manifest: Some(manifest), shards, eos_token_id: 0 })
 }
 
 /// The token widths consistent with a shard's file sizes, best first.
@@ -306,7 +275,7 @@ fn candidate_widths(tokenized: &Mapped, table: &Mapped) -> Vec<TokenWidth> {
         .into_iter()
         .filter(|w| {
             let wb = w.bytes() as u64;
-            ds > 0 && ds % wb == 0 && table.len() == ds / wb * ptr
+            ds > 0 && ds.is_multiple_of(wb) && table.len() == ds / wb * ptr
         })
         .collect();
     // Every document starts with an all-ones separator: prefer the width whose first token is one.
@@ -333,9 +302,9 @@ fn open_bare(dir: &Path, options: &OpenOptions) -> Result<Index> {
                     return Err(Error::corrupt(dir, format!("shard {id} lacks its token file or suffix array")));
                 };
                 let candidates = candidate_widths(tok, table);
-                *candidates.first().ok_or_else(|| {
-                    Error::corrupt(&tok.path, "no token width fits the sizes of the token file and suffix array")
-                })?
+                *candidates
+                    .first()
+                    .ok_or_else(|| Error::corrupt(&tok.path, "no token width fits the sizes of the token file and suffix array"))?
             }
         };
         width = Some(w);
@@ -344,13 +313,7 @@ fn open_bare(dir: &Path, options: &OpenOptions) -> Result<Index> {
     let Some(width) = width.filter(|_| !shards.is_empty()) else {
         return Err(Error::corrupt(dir, format!("neither {MANIFEST_FILE} nor tokenized.0 is here")));
     };
-    Ok(Index {
-        dir: dir.to_path_buf(),
-        manifest: None,
-        width,
-        shards,
-        eos_token_id: 0,
-    })
+    Ok(Index { dir: dir.to_path_buf(), manifest: None, width, shards, eos_token_id: 0 })
 }
 
 /// Document offsets must start at 0, increase, stay inside the token file and point at separators.
@@ -365,7 +328,7 @@ fn check_offsets(shard: &Shard) -> Result<()> {
             None => off == 0,
             Some(p) => off > p,
         };
-        if !ok_order || off >= size || off % w != 0 {
+        if !ok_order || off >= size || !off.is_multiple_of(w) {
             return Err(Error::corrupt(&shard.offsets.path, format!("document {d} has an invalid offset {off}")));
         }
         if shard.token_at(off) != Some(sep) {

@@ -28,35 +28,22 @@ fn sais_error(e: libsais::LibsaisError) -> Error {
 /// Token positions sorted by their suffixes. Consumes `tokens` (it is transformed in place).
 pub fn suffix_array(tokens: TokenBuf, threads: usize) -> Result<Vec<i32>> {
     if tokens.len() as u64 > MAX_SHARD_TOKENS {
-        return Err(Error::SuffixArray(format!(
-            "{} tokens in one shard is more than {MAX_SHARD_TOKENS}",
-            tokens.len()
-        )));
+        return Err(Error::SuffixArray(format!("{} tokens in one shard is more than {MAX_SHARD_TOKENS}", tokens.len())));
     }
     let threads = thread_count(threads);
     match tokens {
-        TokenBuf::U8(text) => Ok(SuffixArrayConstruction::for_text(&text)
-            .in_owned_buffer32()
-            .multi_threaded(threads)
-            .run()
-            .map_err(sais_error)?
-            .into_vec()),
+        TokenBuf::U8(text) => {
+            Ok(SuffixArrayConstruction::for_text(&text).in_owned_buffer32().multi_threaded(threads).run().map_err(sais_error)?.into_vec())
+        }
         TokenBuf::U16(mut text) => {
             for t in text.iter_mut() {
                 *t = t.swap_bytes();
             }
-            Ok(SuffixArrayConstruction::for_text(&text)
-                .in_owned_buffer32()
-                .multi_threaded(threads)
-                .run()
-                .map_err(sais_error)?
-                .into_vec())
+            Ok(SuffixArrayConstruction::for_text(&text).in_owned_buffer32().multi_threaded(threads).run().map_err(sais_error)?.into_vec())
         }
         TokenBuf::U32(text) => {
             let (mut ranks, alphabet) = rank_compress(text);
-            let construction = SuffixArrayConstruction::for_text_mut(&mut ranks)
-                .in_owned_buffer32()
-                .multi_threaded(threads);
+            let construction = SuffixArrayConstruction::for_text_mut(&mut ranks).in_owned_buffer32().multi_threaded(threads);
             // SAFETY: rank_compress yields values in 0..alphabet, none negative.
             let construction = unsafe { construction.with_alphabet_size(AlphabetSize::new(alphabet)) };
             Ok(construction.run().map_err(sais_error)?.into_vec())
@@ -106,8 +93,7 @@ fn rank_compress(mut text: Vec<u32>) -> (Vec<i32>, i32) {
             *t = if *t == SEP { sep_rank } else { rank_of[*t as usize] };
         }
     } else {
-        let rank_of: std::collections::HashMap<u32, u32> =
-            distinct.iter().enumerate().map(|(r, &t)| (t, r as u32)).collect();
+        let rank_of: std::collections::HashMap<u32, u32> = distinct.iter().enumerate().map(|(r, &t)| (t, r as u32)).collect();
         for t in text.iter_mut() {
             *t = rank_of[t];
         }

@@ -11,9 +11,9 @@ impl Index {
         let Some(manifest) = &self.manifest else {
             return match given {
                 Some(spec) => spec.load(),
-                None => Err(Error::Invalid(
-                    "this index has no manifest, so its tokenizer is unknown: pass --tokenizer or token ids".into(),
-                )),
+                None => {
+                    Err(Error::Invalid("this index has no manifest, so its tokenizer is unknown: pass --tokenizer or token ids".into()))
+                }
             };
         };
         let expected = &manifest.tokenizer;
@@ -39,10 +39,7 @@ impl Index {
     pub fn check_tokenizer(&self, identity: &crate::tokenize::TokenizerIdentity) -> Result<()> {
         if let Some(manifest) = &self.manifest {
             if !manifest.tokenizer.same_vocabulary(identity) {
-                return Err(Error::TokenizerMismatch {
-                    index: manifest.tokenizer.describe(),
-                    given: identity.describe(),
-                });
+                return Err(Error::TokenizerMismatch { index: manifest.tokenizer.describe(), given: identity.describe() });
             }
         }
         Ok(())

@@ -35,10 +35,7 @@ impl HashingWriter {
         let path = self.path;
         let file = self.out.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
         file.sync_all().at(&path)?;
-        Ok(FileDigest {
-            bytes: self.bytes,
-            xxh3: format!("{:016x}", self.hasher.digest()),
-        })
+        Ok(FileDigest { bytes: self.bytes, xxh3: format!("{:016x}", self.hasher.digest()) })
     }
 }
 
@@ -64,10 +61,7 @@ pub fn write_file(path: &Path, fill: impl FnOnce(&mut HashingWriter) -> std::io:
 
 /// Checksum of a byte slice, as recorded in manifests.
 pub fn digest_of(bytes: &[u8]) -> FileDigest {
-    FileDigest {
-        bytes: bytes.len() as u64,
-        xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
-    }
+    FileDigest { bytes: bytes.len() as u64, xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)) }
 }
 
 /// Is `dir` something a forced build may replace: a folder whose every entry is an index file (an
@@ -76,9 +70,8 @@ pub fn digest_of(bytes: &[u8]) -> FileDigest {
 /// anything else (a user's file beside an `ibid.json` or a `tokenized.0`) is refused: a forced
 /// build replaced such a folder, other files and all.
 fn replaceable(dir: &Path) -> bool {
-    let named: Option<std::collections::BTreeSet<String>> = super::format::Manifest::read(dir)
-        .ok()
-        .map(|m| m.shards.iter().flat_map(|s| s.files.keys().cloned()).collect());
+    let named: Option<std::collections::BTreeSet<String>> =
+        super::format::Manifest::read(dir).ok().map(|m| m.shards.iter().flat_map(|s| s.files.keys().cloned()).collect());
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     entries.into_iter().all(|entry| {
         let Ok(entry) = entry else { return false };
@@ -91,9 +84,7 @@ fn replaceable(dir: &Path) -> bool {
 fn is_index_file(name: &str, named: Option<&std::collections::BTreeSet<String>>) -> bool {
     let infini_gram = || {
         name.split_once('.').is_some_and(|(kind, shard)| {
-            super::format::ShardFile::ALL.iter().any(|f| f.stem() == kind)
-                && !shard.is_empty()
-                && shard.bytes().all(|b| b.is_ascii_digit())
+            super::format::ShardFile::ALL.iter().any(|f| f.stem() == kind) && !shard.is_empty() && shard.bytes().all(|b| b.is_ascii_digit())
         })
     };
     let recycling = name.starts_with("recycle-") && (name.ends_with(".bin") || name.ends_with(".bin.bench-aside"));
@@ -172,10 +163,7 @@ impl Staging {
                 return Err(Error::IndexExists(dest.to_path_buf()));
             }
             if !dest.is_dir() || !replaceable(dest) {
-                return Err(Error::Invalid(format!(
-                    "refusing to replace {}: it is not an index or an empty folder",
-                    dest.display()
-                )));
+                return Err(Error::Invalid(format!("refusing to replace {}: it is not an index or an empty folder", dest.display())));
             }
         }
         let parent = match dest.parent() {
@@ -184,16 +172,9 @@ impl Staging {
         };
         std::fs::create_dir_all(&parent).at(&parent)?;
         remove_stale_staging(&parent);
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
-            .tempdir_in(&parent)
-            .at(&parent)?;
+        let dir = tempfile::Builder::new().prefix(&format!("{STAGING_PREFIX}{}-", std::process::id())).tempdir_in(&parent).at(&parent)?;
         live_staging().push(dir.path().to_path_buf());
-        Ok(Staging {
-            dir,
-            dest: dest.to_path_buf(),
-            force,
-        })
+        Ok(Staging { dir, dest: dest.to_path_buf(), force })
     }
 
     pub fn path(&self) -> &Path {
@@ -212,11 +193,7 @@ impl Staging {
                 let _ = std::fs::remove_dir_all(&staged);
                 return Err(Error::IndexExists(self.dest));
             }
-            let aside = tempfile::Builder::new()
-                .prefix(".ibid-old-")
-                .tempdir_in(&parent)
-                .at(&parent)?
-                .keep();
+            let aside = tempfile::Builder::new().prefix(".ibid-old-").tempdir_in(&parent).at(&parent)?.keep();
             std::fs::remove_dir(&aside).at(&aside)?;
             std::fs::rename(&self.dest, &aside).at(&self.dest)?;
             old = Some(aside);

@@ -2,7 +2,7 @@
 
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
-use crate::generate::GenerateReport;
+use crate::engine::GenerateReport;
 
 pub struct Metrics {
     registry: Registry,
@@ -24,16 +24,23 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("ibid".into()), None).expect("valid prefix");
-        let requests = IntCounterVec::new(Opts::new("requests_total", "HTTP requests by route and status"), &["route", "status"]).expect("valid");
+        let requests =
+            IntCounterVec::new(Opts::new("requests_total", "HTTP requests by route and status"), &["route", "status"]).expect("valid");
         let prompt_tokens = IntCounter::new("prompt_tokens_total", "Prompt tokens processed").expect("valid");
-        let prompt_tokens_cached = IntCounter::new("prompt_tokens_cached_total", "Prompt tokens found in the prompt cache (not decoded again)").expect("valid");
+        let prompt_tokens_cached =
+            IntCounter::new("prompt_tokens_cached_total", "Prompt tokens found in the prompt cache (not decoded again)").expect("valid");
         let completion_tokens = IntCounter::new("completion_tokens_total", "Tokens generated").expect("valid");
-        let decode_seconds = prometheus::Counter::new("decode_seconds_total", "Time spent in verification batches (prompts excluded)").expect("valid");
-        let verify_steps = IntCounter::new("verify_steps_total", "Verification batches (one per step, shared by the running generations)").expect("valid");
-        let batch_sequences = IntCounter::new("batch_sequences_total", "Generations verified, summed over batches (several share one batch)").expect("valid");
+        let decode_seconds =
+            prometheus::Counter::new("decode_seconds_total", "Time spent in verification batches (prompts excluded)").expect("valid");
+        let verify_steps =
+            IntCounter::new("verify_steps_total", "Verification batches (one per step, shared by the running generations)").expect("valid");
+        let batch_sequences =
+            IntCounter::new("batch_sequences_total", "Generations verified, summed over batches (several share one batch)").expect("valid");
         let last_tokens_per_second = Gauge::new("last_tokens_per_second", "Decode speed of the last generation").expect("valid");
-        let draft_tokens = IntCounterVec::new(Opts::new("draft_tokens_total", "Draft tokens verified, by source"), &["source"]).expect("valid");
-        let accepted_tokens = IntCounterVec::new(Opts::new("accepted_tokens_total", "Draft tokens accepted, by source"), &["source"]).expect("valid");
+        let draft_tokens =
+            IntCounterVec::new(Opts::new("draft_tokens_total", "Draft tokens verified, by source"), &["source"]).expect("valid");
+        let accepted_tokens =
+            IntCounterVec::new(Opts::new("accepted_tokens_total", "Draft tokens accepted, by source"), &["source"]).expect("valid");
         let cancelled = IntCounter::new("cancelled_total", "Generations ended because the client left").expect("valid");
         let timeouts = IntCounter::new("timeouts_total", "Requests that ran past their deadline").expect("valid");
         let queue_depth = prometheus::IntGauge::new("queue_depth", "Generation requests waiting").expect("valid");

@@ -5,6 +5,8 @@
 
 pub mod metrics;
 pub mod openai;
+pub mod query_routes;
+pub mod shutdown;
 pub mod worker;
 
 use std::future::Future;
@@ -20,10 +22,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::api::QueryEngine;
 use crate::model::Model;
+use crate::query_engine::QueryEngine;
 pub use metrics::Metrics;
-pub use worker::{DraftSources, Queue, WorkerConfig};
+pub use worker::{Queue, WorkerConfig};
 
 pub struct AppState {
     pub model: Arc<Model>,
@@ -35,18 +37,18 @@ pub struct AppState {
 }
 
 #[derive(Debug, Clone)]
-pub struct ServerOptions {
+pub struct ModelServerOptions {
     pub max_body_bytes: usize,
     /// Queue wait plus generation; past it a generation stops.
     pub timeout: Duration,
-    /// Raised when the server begins to shut down (see [`crate::serve::raising`]): index queries
+    /// Raised when the server begins to shut down (see [`crate::server::shutdown::raising`]): index queries
     /// in flight stop at once.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Default for ServerOptions {
+impl Default for ModelServerOptions {
     fn default() -> Self {
-        ServerOptions { max_body_bytes: 1 << 20, timeout: Duration::from_secs(300), stopping: Arc::default() }
+        ModelServerOptions { max_body_bytes: 1 << 20, timeout: Duration::from_secs(300), stopping: Arc::default() }
     }
 }
 
@@ -67,8 +69,7 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "ibid"}]}))
-        .into_response()
+    Json(json!({"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0, "owned_by": "ibid"}]})).into_response()
 }
 
 async fn not_found() -> Response {
@@ -81,7 +82,10 @@ async fn not_found() -> Response {
 
 /// A route asked with a method it does not take: an OpenAI-shaped error body (axum's has none).
 async fn method_not_allowed() -> Response {
-    openai::error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method (completions are POSTed; /health, /metrics and /v1/models are GETs)")
+    openai::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method (completions are POSTed; /health, /metrics and /v1/models are GETs)",
+    )
 }
 
 /// Count every request by route and status.
@@ -96,7 +100,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
 }
 
 /// Every route, with body limits and request counting.
-pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &ServerOptions) -> Router {
+pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &ModelServerOptions) -> Router {
     let mut app = Router::new()
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -105,12 +109,12 @@ pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &
         .route("/metrics", get(render_metrics))
         .with_state(state.clone());
     if let Some(engine) = engine {
-        let query_options = crate::serve::ServeOptions {
+        let query_options = crate::server::query_routes::QueryServerOptions {
             timeout: options.timeout.min(Duration::from_secs(30)),
             stopping: options.stopping.clone(),
             ..Default::default()
         };
-        app = app.merge(crate::serve::query_routes(engine, &query_options));
+        app = app.merge(crate::server::query_routes::routes(engine, &query_options));
     }
     app.method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::worker::{Event, Finish, Job};
+use super::worker::{Event, Finish, Job, JobError, JobErrorKind};
 use super::AppState;
-use crate::generate::GenerateOptions;
+use crate::engine::GenerateOptions;
 use crate::verify::SamplingParams;
 
 /// An OpenAI-style error.
@@ -30,6 +30,15 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
         _ => "server_error",
     };
     (status, Json(json!({"error": {"message": message.to_string(), "type": kind, "param": null, "code": null}}))).into_response()
+}
+
+/// The status a failed job is answered with: the one place a job error's kind becomes HTTP.
+fn job_status(e: &JobError) -> StatusCode {
+    match e.kind {
+        JobErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+        JobErrorKind::Rejected => StatusCode::BAD_REQUEST,
+        JobErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 fn bad(message: impl std::fmt::Display) -> Response {
@@ -79,8 +88,19 @@ pub struct Common {
 }
 
 const COMMON_FIELDS: &[&str] = &[
-    "model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "n", "user",
-    "presence_penalty", "frequency_penalty",
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "user",
+    "presence_penalty",
+    "frequency_penalty",
 ];
 
 /// The body as `T`, refusing fields that are neither `T`'s own nor the shared ones. Any content
@@ -266,20 +286,23 @@ async fn run(state: Arc<AppState>, prompt: Vec<u32>, checked: Checked, kind: Kin
                     Event::Failed(e) => return Err(e),
                 }
             }
-            Err("the generation stopped without an answer".to_string())
+            Err(JobError::new(JobErrorKind::Failed, "the generation stopped without an answer"))
         })
         .await;
         return match wait {
             Ok(Ok((finish, p, c))) => {
                 let choice = match kind {
                     Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(finish)}),
-                    Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason(finish)}),
+                    Kind::Chat => {
+                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason(finish)})
+                    }
                 };
-                Json(json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [choice], "usage": usage(p, c)}))
-                    .into_response()
+                Json(
+                    json!({"id": id, "object": object, "created": created, "model": model_name, "choices": [choice], "usage": usage(p, c)}),
+                )
+                .into_response()
             }
-            Ok(Err(e)) if e.contains("timed out") => error(StatusCode::SERVICE_UNAVAILABLE, e),
-            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Ok(Err(e)) => error(job_status(&e), e),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the request timed out"),
         };
     }
@@ -301,7 +324,10 @@ async fn run(state: Arc<AppState>, prompt: Vec<u32>, checked: Checked, kind: Kin
         async move {
             match phase {
                 0 if kind == Kind::Chat => {
-                    let ev = chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None);
+                    let ev = chunk(
+                        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+                        None,
+                    );
                     Some((Ok::<_, Infallible>(ev), (rx, 1, None)))
                 }
                 0 | 1 => match rx.recv().await {
@@ -322,7 +348,7 @@ async fn run(state: Arc<AppState>, prompt: Vec<u32>, checked: Checked, kind: Kin
                         Some((Ok(chunk(choice, None)), (rx, 2, u)))
                     }
                     Some(Event::Failed(e)) => {
-                        let body = json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}});
+                        let body = json!({"error": {"message": e.message, "type": "server_error", "param": null, "code": null}});
                         Some((Ok(SseEvent::default().data(body.to_string())), (rx, 3, None)))
                     }
                     None => None,

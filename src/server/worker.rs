@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::draft::{count_by_source, Budget, Combined, ContextDrafter, IndexDrafter, NgramDrafter, Proposer, Ranked, RecycleDrafter, SourceStats};
-use crate::generate::{Drafter, GenerateOptions, Generation, StopReason};
-use crate::verify::session::SlotStep;
+use crate::draft::{count_by_source, MergingDrafter, SourceSet, SourceStats};
+use crate::engine::{Engine, GenerateOptions, Generation, Sizing, StopReason, Turn};
+use crate::error::Error;
 use crate::index::Index;
 use crate::model::{Model, TextStream};
 use crate::server::metrics::Metrics;
@@ -43,76 +43,46 @@ pub enum Finish {
 pub enum Event {
     /// Text that is final (a stop string can no longer cut it).
     Text(String),
-    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize },
-    Failed(String),
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Failed(JobError),
 }
 
-/// Which drafters the worker runs.
+/// Why a job failed, of a kind the HTTP layer turns into a status in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    pub kind: JobErrorKind,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DraftSources {
-    pub context: bool,
-    pub ngram: bool,
-    pub index: bool,
-    pub recycle: bool,
+pub enum JobErrorKind {
+    /// The deadline passed before the job could start.
+    TimedOut,
+    /// The request cannot be generated as asked.
+    Rejected,
+    /// The generation failed on the server's side (llama.cpp, a contained panic, ...).
+    Failed,
 }
 
-impl DraftSources {
-    pub fn all() -> Self {
-        DraftSources { context: true, ngram: true, index: true, recycle: true }
+impl JobError {
+    pub fn new(kind: JobErrorKind, message: impl Into<String>) -> Self {
+        JobError { kind, message: message.into() }
     }
+}
 
-    pub fn none() -> Self {
-        DraftSources { context: false, ngram: false, index: false, recycle: false }
+impl From<&Error> for JobError {
+    fn from(e: &Error) -> Self {
+        JobError::new(JobErrorKind::Failed, e.to_string())
     }
+}
 
-    /// What runs when `--draft` is not given: the running context's copies and n-grams. In one
-    /// interleaved run after another (README, "Choosing the default drafters"), adding the index
-    /// and the recycling matrix to these two was slower on code (their first tokens, accepted less
-    /// often than the context's, displace the context's in small trees) and no faster on chat or
-    /// copy; they stay one `--draft all` away.
-    pub fn default_set() -> Self {
-        DraftSources { context: true, ngram: true, index: false, recycle: false }
-    }
-
-    /// From `--draft` names: `default`, `all`, `none` or single sources (no names: `default`); an
-    /// unknown name is an error.
-    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
-        if names.is_empty() {
-            return Ok(DraftSources::default_set());
-        }
-        let mut sources = DraftSources::none();
-        for name in names {
-            match name.as_ref() {
-                "all" => sources = DraftSources::all(),
-                "default" => {
-                    let d = DraftSources::default_set();
-                    (sources.context, sources.ngram) = (sources.context || d.context, sources.ngram || d.ngram);
-                }
-                "context" => sources.context = true,
-                "ngram" => sources.ngram = true,
-                "index" => sources.index = true,
-                "recycle" => sources.recycle = true,
-                "none" => {}
-                other => return Err(format!("unknown draft source {other:?}: use context, ngram, index, recycle, default, all or none")),
-            }
-        }
-        Ok(sources)
-    }
-
-    /// The chosen drafters that need neither the model nor a learnt state, in the order every
-    /// caller merges them: context, ngram, then index (where there is one).
-    pub fn context_and_index_proposers<'i>(&self, index: Option<&'i Index>) -> Vec<Box<dyn Proposer + 'i>> {
-        let mut proposers: Vec<Box<dyn Proposer + 'i>> = Vec::new();
-        if self.context {
-            proposers.push(Box::new(ContextDrafter::default()));
-        }
-        if self.ngram {
-            proposers.push(Box::new(NgramDrafter::default()));
-        }
-        if let (true, Some(ix)) = (self.index, index) {
-            proposers.push(Box::new(IndexDrafter::new(ix)));
-        }
-        proposers
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -157,9 +127,9 @@ impl Queue {
 }
 
 /// Every running job fails with `e` (its client is told; it is over).
-fn fail_all(running: &mut [Running], e: &str) {
+fn fail_all(running: &mut [Running], e: &JobError) {
     for r in running {
-        let _ = r.events.send(Event::Failed(e.to_string()));
+        let _ = r.events.send(Event::Failed(e.clone()));
         (r.generation, r.done) = (None, true);
     }
 }
@@ -222,7 +192,9 @@ pub struct WorkerConfig {
     pub session: SessionOptions,
     /// Tokens one job may hold (prompt, output and a draft tree).
     pub request_ctx: usize,
-    pub sources: DraftSources,
+    pub sources: SourceSet,
+    /// Save the token-recycling matrix when the worker stops.
+    pub save_recycle: bool,
     /// Largest tree per step; the budget picks the size up to this.
     pub max_budget: usize,
     pub queue: usize,
@@ -233,150 +205,153 @@ pub struct WorkerConfig {
 pub fn spawn(
     model: Arc<Model>,
     index: Option<Arc<Index>>,
-    recycle: Option<RecycleDrafter>,
     config: WorkerConfig,
     metrics: Arc<Metrics>,
 ) -> crate::Result<(Queue, std::thread::JoinHandle<()>)> {
-    let (queue, mut rx) = Queue::new(config.queue);
+    let (queue, rx) = Queue::new(config.queue);
     let waiting = queue.waiting.clone();
     // The thread makes the context and says whether it could, so that spawn fails, not the thread.
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<crate::Result<()>>(1);
     let handle = std::thread::Builder::new()
         .name("ibid-generate".into())
         .spawn(move || {
-            // One drafter for the server's life: what it learns (acceptance per source, the
-            // recycling matrix) carries over from request to request, and from earlier runs.
-            let mut proposers = config.sources.context_and_index_proposers(index.as_deref());
-            if let (true, Some(r)) = (config.sources.recycle, recycle) {
-                proposers.push(Box::new(r));
+            // One engine for the server's life: what the drafters learn (acceptance per source,
+            // the recycling matrix) carries over from request to request, and from earlier runs.
+            let opened = config.sources.open(&model, index.as_deref(), config.save_recycle);
+            for w in &opened.warnings {
+                tracing::warn!("{w}");
             }
-            let drafting = !proposers.is_empty();
-            let mut drafter = Combined::new(proposers);
+            let mut session = match Session::new(&model, config.session) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let slots = config.session.slots as usize;
             // This machine's cost curve, measured before the first request at first use.
-            let prepared = Session::new(&model, config.session.clone()).and_then(|mut session| {
-                let curve = if drafting { Some(crate::calibrate::for_session(&mut session, true)?.0) } else { None };
-                Ok((session, curve))
-            });
-            let (mut session, curve) = match prepared {
-                Ok(s) => {
+            let sizing = Sizing::Auto { max: config.max_budget, slots, refine: true };
+            let mut engine = match Engine::with_sources(&mut session, opened.sources, sizing) {
+                Ok((engine, _, problems)) => {
+                    for p in problems {
+                        tracing::warn!("{p}");
+                    }
                     let _ = ready_tx.send(Ok(()));
-                    s
+                    engine
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            if drafting {
-                if let Err(e) = drafter.remember(crate::calibrate::learnt_path(model.path()), model.path()) {
-                    tracing::warn!("{e}; learning the sources' acceptance afresh");
-                }
-            }
-            let slots = config.session.slots as usize;
-            let mut budget = Budget::for_slots(curve.as_ref(), config.max_budget, slots);
-            let max_paths = config.session.max_sequences as usize;
-            let mut running: Vec<Running> = Vec::new();
-            let mut open = true;
-            // A fault to inject, for the test that a panic in a step is contained: the step with
-            // this number (from 1) panics. Read once; unset, it costs nothing.
-            let panic_at: Option<u64> = std::env::var(FAULT_PANIC_AT_STEP).ok().and_then(|v| v.parse().ok());
-            let mut steps = 0u64;
-            while open || !running.is_empty() {
-                // Fill free slots from the queue; wait for a job only when nothing runs.
-                while open && running.len() < slots {
-                    let job = if running.is_empty() {
-                        rx.blocking_recv()
-                    } else {
-                        match rx.try_recv() {
-                            Ok(job) => Some(job),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => None,
-                        }
-                    };
-                    let Some(job) = job else {
-                        open = false;
-                        break;
-                    };
-                    waiting.fetch_sub(1, Ordering::Relaxed);
-                    let Some(slot) = session.free_slot() else {
-                        let _ = job.events.send(Event::Failed("internal error: no free slot".into()));
-                        continue;
-                    };
-                    let events = job.events.clone();
-                    let sources = drafter.stats.len();
-                    // A panic while starting one job fails that job; the cache is emptied (the
-                    // running jobs' cells with it, so they fail too) and the worker goes on.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_job(&mut session, slot, job, sources, &metrics))) {
-                        Ok(Some(r)) => running.push(r),
-                        Ok(None) => {}
-                        Err(panic) => {
-                            let e = format!("internal error: {}", panic_text(&*panic));
-                            tracing::error!("{e} while starting a job; the cache is emptied");
-                            let _ = events.send(Event::Failed(e.clone()));
-                            fail_all(&mut running, &e);
-                            session.reset();
-                            running.clear();
-                        }
-                    }
-                }
-                if running.is_empty() {
-                    continue;
-                }
-                let started = Instant::now();
-                // A panic in a step fails the jobs of that step, not the server: the cache (whose
-                // state the panic may have left half-updated) is emptied and the worker goes on.
-                steps += 1;
-                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if panic_at == Some(steps) {
-                        panic!("a fault injected at step {steps} ({FAULT_PANIC_AT_STEP})");
-                    }
-                    step(&model, &mut session, &mut drafter, &mut budget, &mut running, config.request_ctx, max_paths)
-                }));
-                let stepped = stepped.unwrap_or_else(|panic| {
-                    let e = format!("internal error: {}", panic_text(&*panic));
-                    tracing::error!("{e} in a generation step; its jobs fail and the cache is emptied");
-                    session.reset();
-                    for r in &mut running {
-                        r.released = true;
-                    }
-                    Err(crate::Error::Invalid(e))
-                });
-                match stepped {
-                    Ok(0) => {}
-                    Ok(verified) => {
-                        metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
-                        metrics.verify_steps.inc();
-                        metrics.batch_sequences.inc_by(verified as u64);
-                    }
-                    Err(e) => fail_all(&mut running, &e.to_string()),
-                }
-                for r in running.iter().filter(|r| r.done && !r.released) {
-                    if let Err(e) = session.release(r.slot) {
-                        tracing::warn!("cannot release slot {}: {e}; emptying the cache", r.slot);
-                        session.reset();
-                    }
-                }
-                let (finished, still): (Vec<Running>, Vec<Running>) = running.into_iter().partition(|r| r.done);
-                running = still;
-                let names = drafter.source_names();
-                for r in finished {
-                    r.finish(&names, &metrics);
-                }
-            }
-            if let Err(e) = drafter.finish() {
-                tracing::warn!("cannot save what the drafters learnt: {e}");
-            }
-            if drafting {
-                if let Err(e) = crate::calibrate::keep_observed(model.path(), config.session.threads, budget.observed_extra()) {
-                    tracing::warn!("cannot keep what steps cost: {e}");
-                }
+            serve_jobs(&mut engine, rx, &waiting, &config, &metrics);
+            for p in engine.finish() {
+                tracing::warn!("{p}");
             }
         })
-        .map_err(|e| crate::Error::Invalid(format!("cannot start the generation thread: {e}")))?;
-    ready_rx
-        .recv()
-        .map_err(|_| crate::Error::Invalid("the generation thread stopped before it started".into()))??;
+        .map_err(|e| Error::Internal(format!("cannot start the generation thread: {e}")))?;
+    ready_rx.recv().map_err(|_| Error::Internal("the generation thread stopped before it started".into()))??;
     Ok((queue, handle))
+}
+
+/// Take jobs from the queue into free slots and step them until the queue is closed and every
+/// job is over.
+fn serve_jobs(
+    engine: &mut Engine<'_, '_, MergingDrafter<'_>>,
+    mut rx: mpsc::Receiver<Job>,
+    waiting: &AtomicU64,
+    config: &WorkerConfig,
+    metrics: &Metrics,
+) {
+    let slots = config.session.slots as usize;
+    let mut running: Vec<Running> = Vec::new();
+    let mut open = true;
+    // A fault to inject, for the test that a panic in a step is contained: the step with this
+    // number (from 1) panics. Read once; unset, it costs nothing.
+    let panic_at: Option<u64> = std::env::var(FAULT_PANIC_AT_STEP).ok().and_then(|v| v.parse().ok());
+    let mut steps = 0u64;
+    while open || !running.is_empty() {
+        // Fill free slots from the queue; wait for a job only when nothing runs.
+        while open && running.len() < slots {
+            let job = if running.is_empty() {
+                rx.blocking_recv()
+            } else {
+                match rx.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(job) = job else {
+                open = false;
+                break;
+            };
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            let Some(slot) = engine.session().free_slot() else {
+                let _ = job.events.send(Event::Failed(JobError::new(JobErrorKind::Failed, "internal error: no free slot")));
+                continue;
+            };
+            let events = job.events.clone();
+            let sources = engine.drafter().stats.len();
+            // A panic while starting one job fails that job; the cache is emptied (the running
+            // jobs' cells with it, so they fail too) and the worker goes on.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_job(engine, slot, job, sources, metrics))) {
+                Ok(Some(r)) => running.push(r),
+                Ok(None) => {}
+                Err(panic) => {
+                    let e = JobError::new(JobErrorKind::Failed, format!("internal error: {}", panic_text(&*panic)));
+                    tracing::error!("{e} while starting a job; the cache is emptied");
+                    let _ = events.send(Event::Failed(e.clone()));
+                    fail_all(&mut running, &e);
+                    engine.session().reset();
+                    running.clear();
+                }
+            }
+        }
+        if running.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        // A panic in a step fails the jobs of that step, not the server: the cache (whose state
+        // the panic may have left half-updated) is emptied and the worker goes on.
+        steps += 1;
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if panic_at == Some(steps) {
+                panic!("a fault injected at step {steps} ({FAULT_PANIC_AT_STEP})");
+            }
+            step(engine, &mut running, config.request_ctx)
+        }));
+        let stepped = stepped.unwrap_or_else(|panic| {
+            let e = format!("internal error: {}", panic_text(&*panic));
+            tracing::error!("{e} in a generation step; its jobs fail and the cache is emptied");
+            engine.session().reset();
+            for r in &mut running {
+                r.released = true;
+            }
+            Err(Error::Internal(e))
+        });
+        match stepped {
+            Ok(0) => {}
+            Ok(verified) => {
+                metrics.decode_seconds.inc_by(started.elapsed().as_secs_f64());
+                metrics.verify_steps.inc();
+                metrics.batch_sequences.inc_by(verified as u64);
+            }
+            Err(e) => fail_all(&mut running, &JobError::from(&e)),
+        }
+        for r in running.iter().filter(|r| r.done && !r.released) {
+            if let Err(e) = engine.session().release(r.slot) {
+                tracing::warn!("cannot release slot {}: {e}; emptying the cache", r.slot);
+                engine.session().reset();
+            }
+        }
+        let (finished, still): (Vec<Running>, Vec<Running>) = running.into_iter().partition(|r| r.done);
+        running = still;
+        let names = engine.drafter().source_names();
+        for r in finished {
+            r.finish(&names, metrics);
+        }
+    }
 }
 
 /// A job in a slot of the session.
@@ -398,123 +373,70 @@ struct Running {
 }
 
 /// Prefill `job`'s prompt into `slot`, unless it no longer needs an answer.
-fn start_job(session: &mut Session<'_>, slot: usize, job: Job, sources: usize, metrics: &Metrics) -> Option<Running> {
+fn start_job(engine: &mut Engine<'_, '_, MergingDrafter<'_>>, slot: usize, job: Job, sources: usize, metrics: &Metrics) -> Option<Running> {
     if job.events.is_closed() {
         metrics.cancelled.inc();
         return None;
     }
     if Instant::now() >= job.deadline {
-        let _ = job.events.send(Event::Failed("the request timed out while queued".into()));
+        let _ = job.events.send(Event::Failed(JobError::new(JobErrorKind::TimedOut, "the request timed out while queued")));
         metrics.timeouts.inc();
         return None;
     }
     if job.options.max_tokens == 0 {
-        let _ = job.events.send(Event::Failed("max_tokens must be at least 1".into()));
+        let _ = job.events.send(Event::Failed(JobError::new(JobErrorKind::Rejected, "max_tokens must be at least 1")));
         return None;
     }
-    let started = Instant::now();
-    let generation = session.prefill_slot(slot, &job.prompt).and_then(|cached| {
-        metrics.prompt_tokens_cached.inc_by(cached as u64);
-        Generation::new(job.prompt.len(), &job.options, started.elapsed().as_secs_f64())
-    });
-    match generation {
-        Ok(generation) => Some(Running {
-            slot,
-            done: false,
-            released: false,
-            generation: Some(generation),
-            text: TextStream::default(),
-            stop: StopFilter::new(job.stop),
-            events: job.events,
-            deadline: job.deadline,
-            stopped: false,
-            timed_out: false,
-            sources: vec![SourceStats::default(); sources],
-        }),
+    match engine.start(slot, &job.prompt, &job.options) {
+        Ok((generation, cached)) => {
+            metrics.prompt_tokens_cached.inc_by(cached as u64);
+            Some(Running {
+                slot,
+                done: false,
+                released: false,
+                generation: Some(generation),
+                text: TextStream::default(),
+                stop: StopFilter::new(job.stop),
+                events: job.events,
+                deadline: job.deadline,
+                stopped: false,
+                timed_out: false,
+                sources: vec![SourceStats::default(); sources],
+            })
+        }
         Err(e) => {
-            let _ = job.events.send(Event::Failed(e.to_string()));
+            let _ = job.events.send(Event::Failed(JobError::from(&e)));
             None
         }
     }
 }
 
-/// One verification step for every running job: draft each tree, cut them together by the
-/// batch's cost, verify all in one batch, and pass each job its tokens. Returns how many jobs the
-/// batch verified.
-fn step(
-    model: &Model,
-    session: &mut Session<'_>,
-    drafter: &mut Combined<'_>,
-    budget: &mut Budget,
-    running: &mut [Running],
-    request_ctx: usize,
-    max_paths: usize,
-) -> crate::Result<usize> {
-    let started = Instant::now();
-    // Each job's most draft nodes; a job whose context is full ends with an error, the others go on.
-    let mut live: Vec<&mut Running> = Vec::with_capacity(running.len());
-    let mut ranked: Vec<Ranked> = Vec::with_capacity(running.len());
-    for r in running.iter_mut() {
-        let generation = r.generation.as_ref().expect("a running job has a generation");
-        match generation.budget(session.slot_len(r.slot), request_ctx) {
-            Ok(most) => {
-                let most = most.min(budget.max());
-                let mut tree = if most > 0 { drafter.rank(&session.slot_tokens(r.slot), most) } else { Ranked::default() };
-                tree.limit_leaves(max_paths);
-                ranked.push(tree);
-                live.push(r);
-            }
-            Err(e) => {
-                let _ = r.events.send(Event::Failed(e.to_string()));
-                (r.generation, r.done) = (None, true);
-            }
-        }
-    }
-    let mut running = live;
-    if running.is_empty() {
-        return Ok(0);
-    }
-    let path_ps: Vec<&[f64]> = ranked.iter().map(|r| r.path_p.as_slice()).collect();
-    let cuts = budget.choose_joint(&path_ps);
-    for (r, keep) in ranked.iter_mut().zip(cuts) {
-        r.truncate(keep);
-    }
-    let pendings: Vec<u32> = running.iter().map(|r| session.slot_pending(r.slot).expect("prefilled")).collect();
-    let mut work: Vec<SlotStep<'_>> = running
+/// One engine step for every running job, then each job's tokens: streamed, cut at a stop
+/// string, ended at the deadline or when its client left. Returns how many jobs the batch
+/// verified; a job whose context is full fails alone.
+fn step(engine: &mut Engine<'_, '_, MergingDrafter<'_>>, running: &mut [Running], request_ctx: usize) -> crate::Result<usize> {
+    let mut turns: Vec<Turn<'_>> = running
         .iter_mut()
-        .zip(&ranked)
-        .map(|(r, k)| SlotStep { slot: r.slot, tree: &k.tree, chooser: &mut r.generation.as_mut().expect("running").chooser })
+        .map(|r| Turn { slot: r.slot, generation: r.generation.as_mut().expect("a running job has a generation") })
         .collect();
-    let wants_logits = drafter.wants_logits();
-    let drafted = started.elapsed();
-    let mut observing = std::time::Duration::ZERO;
-    let outcomes = session.step_slots(&mut work, |i, node, logits| {
-        let t = Instant::now();
-        if wants_logits {
-            drafter.observe_logits(node.map_or(pendings[i], |n| ranked[i].tree.token(n)), logits);
-        }
-        observing += t.elapsed();
-    })?;
-    drop(work);
-    let verified = started.elapsed();
-    let rows: usize = ranked.iter().map(|k| 1 + k.tree.len()).sum();
-    budget.observe(rows, (verified - drafted).as_secs_f64());
-    tracing::debug!(
-        slots = running.len(),
-        rows,
-        tokens = outcomes.iter().map(|o| o.emitted.len()).sum::<usize>(),
-        draft_ms = drafted.as_secs_f64() * 1e3,
-        verify_ms = (verified - drafted).as_secs_f64() * 1e3,
-        observe_ms = observing.as_secs_f64() * 1e3,
-        "step"
-    );
-    for ((r, k), outcome) in running.iter_mut().zip(&ranked).zip(&outcomes) {
-        drafter.observe_ranked(k, outcome);
-        budget.observe_tree(k.tree.len(), outcome.accepted.len());
-        count_by_source(&k.tree, outcome, &mut r.sources);
-        let Running { generation, text, stop, events, deadline, stopped, timed_out, done, .. } = &mut **r;
+    let results = engine.step(&mut turns, request_ctx)?;
+    drop(turns);
+    let model = engine.session().model();
+    let mut verified = 0;
+    for (r, result) in running.iter_mut().zip(results) {
+        let v = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = r.events.send(Event::Failed(JobError::from(&e)));
+                (r.generation, r.done) = (None, true);
+                continue;
+            }
+        };
+        verified += 1;
+        count_by_source(&v.tree, &v.outcome, &mut r.sources);
+        let Running { generation, text, stop, events, deadline, stopped, timed_out, done, .. } = r;
         let generation = generation.as_mut().expect("running");
-        *done = generation.absorb(model, k.tree.len(), outcome, |t| {
+        *done = generation.absorb(model, v.tree.len(), &v.outcome, |t| {
             let (out, hit) = stop.push(&text.push(model, t));
             if !out.is_empty() && events.send(Event::Text(out)).is_err() {
                 return false; // the client left
@@ -530,7 +452,7 @@ fn step(
             true
         });
     }
-    Ok(running.len())
+    Ok(verified)
 }
 
 impl Running {
@@ -566,18 +488,6 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn draft_names_choose_sources() {
-        let parse = |names: &[&str]| DraftSources::from_names(names).unwrap();
-        assert_eq!(parse(&[]), DraftSources::default_set());
-        assert_eq!(parse(&["default"]), DraftSources { context: true, ngram: true, index: false, recycle: false });
-        assert_eq!(parse(&["default", "index"]), DraftSources { context: true, ngram: true, index: true, recycle: false });
-        assert_eq!(parse(&["all"]), DraftSources::all());
-        assert_eq!(parse(&["none"]), DraftSources::none());
-        assert_eq!(parse(&["recycle"]), DraftSources { context: false, ngram: false, index: false, recycle: true });
-        assert!(DraftSources::from_names(&["indx"]).unwrap_err().contains("unknown draft source"));
-    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut f = StopFilter::new(stops.iter().map(|s| s.to_string()).collect());

@@ -20,10 +20,7 @@ pub(crate) fn check_gguf_magic(path: &Path) -> Result<()> {
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     if file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
-        return Err(Error::Model {
-            path: path.to_path_buf(),
-            reason: "the file does not start with the GGUF magic".into(),
-        });
+        return Err(Error::Model { path: path.to_path_buf(), reason: "the file does not start with the GGUF magic".into() });
     }
     Ok(())
 }
@@ -47,10 +44,7 @@ impl GgufTokenizer {
         let vocab = model.vocab();
         let n = vocab.n_tokens();
         if n <= 0 {
-            return Err(Error::Model {
-                path: path.to_path_buf(),
-                reason: "the vocabulary is empty".into(),
-            });
+            return Err(Error::Model { path: path.to_path_buf(), reason: "the vocabulary is empty".into() });
         }
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         for id in 0..n {
@@ -70,12 +64,7 @@ impl GgufTokenizer {
             vocab_hash: format!("{:016x}", hasher.digest()),
             eos_token_id: u32::try_from(vocab.eos().0).ok(),
         };
-        drop(vocab);
-        Ok(GgufTokenizer {
-            width: TokenWidth::for_vocab_size(vocab_size)?,
-            model,
-            identity,
-        })
+        Ok(GgufTokenizer { width: TokenWidth::for_vocab_size(vocab_size)?, model, identity })
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -96,21 +85,12 @@ impl Tokenizer for GgufTokenizer {
         if text.is_empty() {
             return Vec::new();
         }
-        self.model
-            .vocab()
-            .tokenize(text.as_bytes(), false, false)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect()
+        self.model.vocab().tokenize(text.as_bytes(), false, false).into_iter().map(|t| t.0 as u32).collect()
     }
 
     fn detokenize(&self, tokens: &[u32]) -> String {
         let n = self.identity.vocab_size;
-        let tokens: Vec<LlamaToken> = tokens
-            .iter()
-            .filter(|&&t| u64::from(t) < n)
-            .map(|&t| LlamaToken(t as i32))
-            .collect();
+        let tokens: Vec<LlamaToken> = tokens.iter().filter(|&&t| u64::from(t) < n).map(|&t| LlamaToken(t as i32)).collect();
         let bytes = self.model.vocab().detokenize(&tokens, false, false);
         String::from_utf8_lossy(&bytes).into_owned()
     }

@@ -158,15 +158,10 @@ pub fn tokenize(tokenizer: &dyn Tokenizer, text: &str) -> Vec<u32> {
 
 /// Tokenize many documents at once; pieces of all of them share the thread pool.
 pub fn tokenize_batch<S: AsRef<str> + Sync>(tokenizer: &dyn Tokenizer, texts: &[S]) -> Vec<Vec<u32>> {
-    let jobs: Vec<(usize, std::ops::Range<usize>)> = texts
-        .iter()
-        .enumerate()
-        .flat_map(|(doc, text)| pieces(text.as_ref()).into_iter().map(move |range| (doc, range)))
-        .collect();
-    let tokenized: Vec<(usize, Vec<u32>)> = jobs
-        .into_par_iter()
-        .map(|(doc, range)| (doc, tokenizer.tokenize_piece(&texts[doc].as_ref()[range])))
-        .collect();
+    let jobs: Vec<(usize, std::ops::Range<usize>)> =
+        texts.iter().enumerate().flat_map(|(doc, text)| pieces(text.as_ref()).into_iter().map(move |range| (doc, range))).collect();
+    let tokenized: Vec<(usize, Vec<u32>)> =
+        jobs.into_par_iter().map(|(doc, range)| (doc, tokenizer.tokenize_piece(&texts[doc].as_ref()[range]))).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); texts.len()];
     for (doc, tokens) in tokenized {
         if out[doc].is_empty() {
@@ -195,10 +190,7 @@ mod tests {
     #[test]
     fn spec_parses() {
         assert_eq!("bytes".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::Bytes);
-        assert_eq!(
-            "gguf:/m.gguf".parse::<TokenizerSpec>().unwrap(),
-            TokenizerSpec::Gguf("/m.gguf".into())
-        );
+        assert_eq!("gguf:/m.gguf".parse::<TokenizerSpec>().unwrap(), TokenizerSpec::Gguf("/m.gguf".into()));
         assert!("bpe".parse::<TokenizerSpec>().is_err());
     }
 

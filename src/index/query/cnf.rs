@@ -171,13 +171,7 @@ impl Index {
 }
 
 /// Matching byte ranges `[l, r]` of all clauses in one shard, and the subsampling factor.
-fn cnf_in_shard(
-    shard: &Shard,
-    s: usize,
-    clauses: &[Clause],
-    max_diff_tokens: u64,
-    stop: &Stop,
-) -> Result<(Vec<(u64, u64)>, f64)> {
+fn cnf_in_shard(shard: &Shard, s: usize, clauses: &[Clause], max_diff_tokens: u64, stop: &Stop) -> Result<(Vec<(u64, u64)>, f64)> {
     let ptrs_of = |c: &Clause| -> Result<Vec<u64>> {
         let mut ptrs = Vec::new();
         for &(lo, hi) in &c.segments_by_shard[s] {

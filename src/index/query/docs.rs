@@ -59,9 +59,7 @@ impl Shard {
 
 impl Index {
     fn shard(&self, s: usize) -> Result<&Shard> {
-        self.shards
-            .get(s)
-            .ok_or_else(|| Error::Query(format!("shard {s} does not exist (the index has {})", self.shards.len())))
+        self.shards.get(s).ok_or_else(|| Error::Query(format!("shard {s} does not exist (the index has {})", self.shards.len())))
     }
 
     fn docs_before(&self, s: usize) -> u64 {
@@ -72,7 +70,7 @@ impl Index {
     pub fn doc_by_ptr(&self, s: usize, ptr: u64, max_disp_len: u64) -> Result<DocResult> {
         let shard = self.shard(s)?;
         let w = self.width.bytes() as u64;
-        if ptr >= shard.tokenized.len() || ptr % w != 0 {
+        if ptr >= shard.tokenized.len() || !ptr.is_multiple_of(w) {
             return Err(Error::Query(format!("pointer {ptr} is not a token position of shard {s}")));
         }
         let doc = shard.doc_of(ptr);

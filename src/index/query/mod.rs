@@ -213,10 +213,7 @@ impl Index {
     pub fn find(&self, ids: &[u32]) -> Result<FindResult> {
         let query = encode_query(self.width, ids)?;
         let segments: Vec<(u64, u64)> = self.shards.iter().map(|s| s.find_range(&query)).collect();
-        Ok(FindResult {
-            count: segments.iter().map(|(lo, hi)| hi - lo).sum(),
-            segments,
-        })
+        Ok(FindResult { count: segments.iter().map(|(lo, hi)| hi - lo).sum(), segments })
     }
 
     pub fn count(&self, ids: &[u32]) -> Result<u64> {
@@ -247,11 +244,7 @@ impl Index {
                 b - a
             })
             .sum();
-        Ok(ProbResult {
-            prompt_cnt: found.count,
-            cont_cnt,
-            prob: cont_cnt as f64 / found.count as f64,
-        })
+        Ok(ProbResult { prompt_cnt: found.count, cont_cnt, prob: cont_cnt as f64 / found.count as f64 })
     }
 
     /// Next-token distribution after `context`. Exact up to `max_support` occurrences; above
@@ -279,10 +272,7 @@ impl Index {
             shard.next_token_counts(num_bytes, (lo, hi), unit, self.eos_token_id, &mut counts, stop)?;
         }
         let total: u64 = counts.values().sum();
-        let result_by_token_id = counts
-            .into_iter()
-            .map(|(t, c)| (t, TokenCount { cont_cnt: c, prob: c as f64 / total as f64 }))
-            .collect();
+        let result_by_token_id = counts.into_iter().map(|(t, c)| (t, TokenCount { cont_cnt: c, prob: c as f64 / total as f64 })).collect();
         Ok(NtdResult { prompt_cnt: total, result_by_token_id, approx: unit > 1 })
     }
 

@@ -50,7 +50,7 @@ impl Stop {
     /// `check` on every [`CHECK_EVERY`]-th step `i`.
     #[inline]
     pub(crate) fn check_at(&self, i: usize) -> Result<()> {
-        if i % CHECK_EVERY == 0 {
+        if i.is_multiple_of(CHECK_EVERY) {
             self.check()
         } else {
             Ok(())

@@ -123,10 +123,8 @@ impl QueryEngine {
     }
 
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let tok = self
-            .tokenizer
-            .as_deref()
-            .ok_or_else(|| query_err("this index has no known tokenizer: send query_ids instead of query"))?;
+        let tok =
+            self.tokenizer.as_deref().ok_or_else(|| query_err("this index has no known tokenizer: send query_ids instead of query"))?;
         let ids = tokenize::tokenize(tok, text);
         if ids.is_empty() {
             return Err(query_err(format!("the query {text:?} tokenizes to nothing")));
@@ -308,8 +306,7 @@ impl QueryEngine {
 
     /// `answer_json`, given up with [`Error::Stopped`] when `stop` says so.
     pub fn answer_json_until(&self, request: &str, stop: &Stop) -> Result<Value> {
-        let req: QueryRequest =
-            serde_json::from_str(request).map_err(|e| query_err(format!("malformed request: {e}")))?;
+        let req: QueryRequest = serde_json::from_str(request).map_err(|e| query_err(format!("malformed request: {e}")))?;
         self.answer_until(&req, stop)
     }
 }

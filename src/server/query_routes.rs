@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,12 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::api::QueryEngine;
 use crate::error::Error;
 use crate::index::Stop;
+use crate::query_engine::QueryEngine;
 
 #[derive(Debug, Clone)]
-pub struct ServeOptions {
+pub struct QueryServerOptions {
     pub addr: SocketAddr,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
@@ -35,9 +35,9 @@ pub struct ServeOptions {
     pub stopping: Arc<AtomicBool>,
 }
 
-impl Default for ServeOptions {
+impl Default for QueryServerOptions {
     fn default() -> Self {
-        ServeOptions {
+        QueryServerOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
             max_body_bytes: 1 << 20,
             timeout: Duration::from_secs(30),
@@ -122,23 +122,19 @@ async fn method_not_allowed() -> Response {
 }
 
 /// The query routes alone (`POST /`, `POST /query`, `GET /info`), to mount in a larger server.
-pub fn query_routes(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
+pub fn routes(engine: Arc<QueryEngine>, options: &QueryServerOptions) -> Router {
     let state = Arc::new(AppState {
         engine,
         permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
         timeout: options.timeout,
         stopping: options.stopping.clone(),
     });
-    Router::new()
-        .route("/", post(query))
-        .route("/query", post(query))
-        .route("/info", get(info))
-        .with_state(state)
+    Router::new().route("/", post(query)).route("/query", post(query)).route("/info", get(info)).with_state(state)
 }
 
 /// The routes, for embedding in another server or for tests.
-pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
-    query_routes(engine, options)
+pub fn router(engine: Arc<QueryEngine>, options: &QueryServerOptions) -> Router {
+    routes(engine, options)
         .route("/health", get(health))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -149,38 +145,10 @@ pub fn router(engine: Arc<QueryEngine>, options: &ServeOptions) -> Router {
 pub async fn serve(
     engine: Arc<QueryEngine>,
     listener: tokio::net::TcpListener,
-    options: &ServeOptions,
+    options: &QueryServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, options)).with_graceful_shutdown(raising(options.stopping.clone(), shutdown)).await
-}
-
-/// `shutdown`, raising `flag` when it resolves, so the queries in flight stop.
-pub fn raising(flag: Arc<AtomicBool>, shutdown: impl Future<Output = ()> + Send + 'static) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        shutdown.await;
-        flag.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    axum::serve(listener, router(engine, options))
+        .with_graceful_shutdown(super::shutdown::raising(options.stopping.clone(), shutdown))
+        .await
 }

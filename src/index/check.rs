@@ -22,18 +22,14 @@ impl Index {
     /// Check every file's checksum and every suffix-array pointer; with `deep`, also that the
     /// suffix array is sorted (reads the token file once per suffix: slow on big indexes).
     pub fn verify(&self, deep: bool) -> Result<VerifyReport> {
-        let mut report = VerifyReport {
-            files_checked: 0,
-            bytes_checked: 0,
-            checksums: self.manifest.is_some(),
-            pointers_checked: 0,
-            order_checked: 0,
-        };
+        let mut report =
+            VerifyReport { files_checked: 0, bytes_checked: 0, checksums: self.manifest.is_some(), pointers_checked: 0, order_checked: 0 };
         for shard in &self.shards {
-            let files: Vec<&Mapped> = [Some(&shard.tokenized), Some(&shard.table), Some(&shard.offsets), shard.metadata.as_ref(), shard.metaoff.as_ref()]
-                .into_iter()
-                .flatten()
-                .collect();
+            let files: Vec<&Mapped> =
+                [Some(&shard.tokenized), Some(&shard.table), Some(&shard.offsets), shard.metadata.as_ref(), shard.metaoff.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
             if let Some(manifest) = &self.manifest {
                 let entry = &manifest.shards[shard.id];
                 // Every file the manifest names is here, and every file here has its checksum: a
@@ -41,7 +37,10 @@ impl Index {
                 let here: Vec<String> =
                     files.iter().map(|m| m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
                 if let Some(missing) = entry.files.keys().find(|name| !here.contains(name)) {
-                    return Err(Error::corrupt(&shard.tokenized.path, format!("the manifest names {missing}, which this shard does not have")));
+                    return Err(Error::corrupt(
+                        &shard.tokenized.path,
+                        format!("the manifest names {missing}, which this shard does not have"),
+                    ));
                 }
                 files.par_iter().try_for_each(|m| {
                     let name = m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -50,11 +49,7 @@ impl Index {
                     };
                     let actual = digest_of(m.bytes());
                     if actual != *expected {
-                        return Err(Error::Checksum {
-                            path: m.path.clone(),
-                            expected: expected.xxh3.clone(),
-                            actual: actual.xxh3,
-                        });
+                        return Err(Error::Checksum { path: m.path.clone(), expected: expected.xxh3.clone(), actual: actual.xxh3 });
                     }
                     Ok(())
                 })?;
@@ -78,7 +73,7 @@ fn check_pointers(shard: &Shard) -> Result<u64> {
     let mut seen = vec![false; n as usize];
     for rank in 0..n {
         let p = shard.pointer(rank);
-        if p % w != 0 || p / w >= n || std::mem::replace(&mut seen[(p / w) as usize], true) {
+        if !p.is_multiple_of(w) || p / w >= n || std::mem::replace(&mut seen[(p / w) as usize], true) {
             return Err(Error::corrupt(&shard.table.path, format!("entry {rank} holds an invalid or repeated pointer {p}")));
         }
     }
