@@ -16,17 +16,20 @@ bash scripts/setup.sh
 export OMP_WAIT_POLICY=passive
 # Habits: one formatting, no lint warnings (rustfmt.toml; the lints in Cargo.toml).
 cargo fmt --all --check
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --workspace --all-targets -- -D warnings
 if [ "$fast" = yes ]; then
-  # The library's unit tests and the integration tests that load no model.
-  cargo test --release --lib --bins --test index_property --test query_property --test query_infinigram \
-    --test infinigram_interop --test serve_http --test drafters -- --test-threads 2
+  # The index crate's tests (no llama.cpp in them: seconds), every crate's unit tests, and the
+  # integration tests that load no model.
+  cargo test --release -p ibid-index -- --test-threads 2
+  cargo test --release --workspace --lib --bins -- --test-threads 2
+  cargo test --release --test query_infinigram --test infinigram_interop --test serve_http --test drafters \
+    -- --test-threads 2
   exit 0
 fi
 # One release build serves the tests, the benchmarks and the demo (llama.cpp is built once).
-cargo build --release --all-targets
+cargo build --release --workspace --all-targets
 # Test binaries run one after another; tests that load the model share one per binary.
-cargo test --release -- --test-threads 2
+cargo test --release --workspace -- --test-threads 2
 # The server with the official OpenAI client, then under load (32 clients, 60 s, 0 errors, flat memory).
 python3 scripts/test_openai.py
 python3 scripts/load_test.py --clients 32 --hostile 8 --duration 60 --threads 1

@@ -128,6 +128,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // `gguf:PATH` tokenizers and indexes built with one load through llama.cpp.
+    ibid::register_tokenizers();
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if matches!(cli.command, Command::Build(_) | Command::Table { .. }) && std::env::var_os("OMP_WAIT_POLICY").is_none() {
         // libsais's OpenMP threads spin while idle otherwise, which starves the other core.

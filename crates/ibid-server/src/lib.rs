@@ -22,8 +22,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::model::Model;
-use crate::query_engine::QueryEngine;
+use ibid_generate::model::Model;
+use ibid_index::query_engine::QueryEngine;
+
+// The modules of the other crates under the names the code here uses.
+use ibid_generate::{draft, engine, model, verify};
+use ibid_index::Result;
+use ibid_index::{error, index, query_engine};
 pub use metrics::Metrics;
 pub use worker::{Queue, WorkerConfig};
 
@@ -41,7 +46,7 @@ pub struct ModelServerOptions {
     pub max_body_bytes: usize,
     /// Queue wait plus generation; past it a generation stops.
     pub timeout: Duration,
-    /// Raised when the server begins to shut down (see [`crate::server::shutdown::raising`]): index queries
+    /// Raised when the server begins to shut down (see [`crate::shutdown::raising`]): index queries
     /// in flight stop at once.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -109,12 +114,12 @@ pub fn router(state: Arc<AppState>, engine: Option<Arc<QueryEngine>>, options: &
         .route("/metrics", get(render_metrics))
         .with_state(state.clone());
     if let Some(engine) = engine {
-        let query_options = crate::server::query_routes::QueryServerOptions {
+        let query_options = crate::query_routes::QueryServerOptions {
             timeout: options.timeout.min(Duration::from_secs(30)),
             stopping: options.stopping.clone(),
             ..Default::default()
         };
-        app = app.merge(crate::server::query_routes::routes(engine, &query_options));
+        app = app.merge(crate::query_routes::routes(engine, &query_options));
     }
     app.method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -14,8 +14,8 @@ use crate::draft::{count_by_source, MergingDrafter, SourceSet, SourceStats};
 use crate::engine::{Engine, GenerateOptions, Generation, Sizing, StopReason, Turn};
 use crate::error::Error;
 use crate::index::Index;
+use crate::metrics::Metrics;
 use crate::model::{Model, TextStream};
-use crate::server::metrics::Metrics;
 use crate::verify::{Session, SessionOptions};
 
 /// What a request asks the worker to do.

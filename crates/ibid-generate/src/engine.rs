@@ -425,7 +425,11 @@ pub fn generate_with<D: Drafter>(
 ) -> Result<GenerateReport> {
     let model = engine.session().model();
     let n_ctx = engine.session().options().n_ctx as usize;
-    // One generation at a time: whatever the session held goes.
+    // A request that cannot run leaves the session as it was; one that can replaces what it held.
+    options.sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Invalid("the prompt is empty".into()));
+    }
     engine.session().reset();
     let (mut generation, _) = engine.start(0, prompt, options)?;
     while !generation.is_done() {

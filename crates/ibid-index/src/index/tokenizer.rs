@@ -2,7 +2,7 @@
 
 use super::open::Index;
 use crate::error::{Error, Result};
-use crate::tokenize::{ByteTokenizer, GgufTokenizer, Tokenizer, TokenizerSpec};
+use crate::tokenize::{load_gguf, ByteTokenizer, Tokenizer, TokenizerSpec};
 
 impl Index {
     /// Load the tokenizer this index was built with: `given` if passed (and it matches), else the
@@ -27,7 +27,7 @@ impl Index {
                         expected.model_file.as_deref().unwrap_or("a GGUF model")
                     ))
                 })?;
-                Box::new(GgufTokenizer::load(path)?)
+                load_gguf(path)?
             }
             (None, other) => return Err(Error::Invalid(format!("unknown tokenizer kind {other:?} in the manifest"))),
         };

@@ -5,8 +5,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{TokenWidth, Tokenizer, TokenizerIdentity};
 use crate::error::{Error, Result};
+use crate::tokenize::{TokenWidth, Tokenizer, TokenizerIdentity};
 
 /// The tokenizer stored in a GGUF model file, loaded without the weights.
 pub struct GgufTokenizer {
@@ -33,6 +33,8 @@ impl GgufTokenizer {
 
     /// The vocabulary, and with `vocab_only = false` the whole model (for a verifier).
     pub fn load_with(path: &Path, vocab_only: bool) -> Result<Self> {
+        // Whoever loads one can have the index side load them too (indexes built with one).
+        crate::register_tokenizers();
         check_gguf_magic(path)?;
         let backend = crate::llama::backend()?;
         let params = LlamaModelParams::default().with_vocab_only(vocab_only);

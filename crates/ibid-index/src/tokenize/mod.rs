@@ -4,16 +4,15 @@
 //! pieces are tokenized in parallel (the GGUF tokenizer is superlinear on long input).
 
 mod bytes;
-mod gguf;
 mod pieces;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use bytes::ByteTokenizer;
-pub use gguf::GgufTokenizer;
 pub use pieces::{pieces, PIECE_TARGET_BYTES};
 
 use crate::error::{Error, Result};
@@ -142,11 +141,31 @@ impl std::str::FromStr for TokenizerSpec {
     }
 }
 
+/// Loads the tokenizer of a GGUF model file.
+pub type GgufLoader = fn(&Path) -> Result<Box<dyn Tokenizer>>;
+
+static GGUF_LOADER: OnceLock<GgufLoader> = OnceLock::new();
+
+/// Supply the GGUF tokenizer: this crate reads no model files (that needs llama.cpp), so the
+/// generation side registers its loader (`ibid_generate::register_tokenizers`). The first
+/// registration stays.
+pub fn set_gguf_loader(loader: GgufLoader) {
+    let _ = GGUF_LOADER.set(loader);
+}
+
+/// Load a GGUF model's tokenizer with the registered loader.
+pub fn load_gguf(path: &Path) -> Result<Box<dyn Tokenizer>> {
+    let loader = GGUF_LOADER.get().ok_or_else(|| {
+        Error::Tokenizer(format!("{}: no GGUF tokenizer is available in this program (it needs llama.cpp)", path.display()))
+    })?;
+    loader(path)
+}
+
 impl TokenizerSpec {
     pub fn load(&self) -> Result<Box<dyn Tokenizer>> {
         Ok(match self {
             TokenizerSpec::Bytes => Box::new(ByteTokenizer::new()),
-            TokenizerSpec::Gguf(path) => Box::new(GgufTokenizer::load(path)?),
+            TokenizerSpec::Gguf(path) => load_gguf(path)?,
         })
     }
 }

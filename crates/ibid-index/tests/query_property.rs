@@ -1,6 +1,9 @@
 //! Every query type against brute force over the token streams, on random corpora of each token
 //! width, with one and several shards, and contexts that occur 0, 1 and many times.
 
+// The helpers shared with the top-level tests call this crate by the facade's name.
+extern crate ibid_index as ibid;
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Property tests of the whole build pipeline against brute force: random token arrays of every
 //! width, with document separators, split over several shards.
 
+// The helpers shared with the top-level tests call this crate by the facade's name.
+extern crate ibid_index as ibid;
+
 mod common;
 
 use common::*;
