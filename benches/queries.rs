@@ -104,7 +104,7 @@ fn bench_queries(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out_dir = tmp.path().join("index");
     let files = inputs();
-    let report = ibid::index::build(&files, &ByteTokenizer::new(), &BuildOptions::new(&out_dir), &ibid::index::build::Quiet)
+    let report = ibid::index::build(&files, &ByteTokenizer::new(), &BuildOptions::new(&out_dir), &ibid::index::Quiet)
         .expect("build the bench index");
     drop(report);
     let index = Index::open(&out_dir).expect("open the bench index");

@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ibid::index::query::DEFAULT_MAX_SUPPORT;
+use ibid::index::DEFAULT_MAX_SUPPORT;
 use ibid::index::{Index, OpenOptions};
 use ibid::tokenize::TokenWidth;
 use serde_json::{json, Map, Value};

@@ -336,7 +336,7 @@ fn corrupt_or_truncated_indexes_are_refused() {
         let mut off = std::fs::read(t.join("metaoff.0")).unwrap();
         off[at * 8..at * 8 + 8].copy_from_slice(&value.to_le_bytes());
         std::fs::write(t.join("metaoff.0"), &off).unwrap();
-        let digest = serde_json::to_value(ibid::index::write::digest_of(&off)).unwrap();
+        let digest = serde_json::to_value(ibid::index::digest_of(&off)).unwrap();
         edit_manifest(&t, &|m| m["shards"][0]["files"]["metaoff.0"] = digest.clone());
         let o = ibid(&["verify", p(&t), "--deep"]);
         assert!(!o.status.success() && stderr(&o).contains("metaoff.0"), "{name}: {}", stderr(&o));

@@ -19,7 +19,7 @@ fn build_sharded(docs: &[Vec<u32>], max_shard_tokens: Option<u64>) -> (tempfile:
     let out = dir.path().join("idx");
     let mut options = BuildOptions::new(&out);
     options.max_shard_tokens = max_shard_tokens;
-    index::build(&[corpus], &IdTokenizer::new(TokenWidth::U16), &options, &index::build::Quiet).unwrap();
+    index::build(&[corpus], &IdTokenizer::new(TokenWidth::U16), &options, &index::Quiet).unwrap();
     let index = Index::open(&out).unwrap();
     (dir, index)
 }

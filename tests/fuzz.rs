@@ -93,7 +93,7 @@ fn fixture() -> &'static Fixture {
         options.max_shard_tokens = Some(20_000);
         options.threads = 1;
         let tokenizer = TokenizerSpec::Bytes.load().unwrap();
-        index::build(&[corpus], tokenizer.as_ref(), &options, &index::build::Quiet).unwrap();
+        index::build(&[corpus], tokenizer.as_ref(), &options, &index::Quiet).unwrap();
         Fixture { _dir: dir, dir: out, docs }
     })
 }

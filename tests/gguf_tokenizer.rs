@@ -44,7 +44,7 @@ fn gemma_tokenizer() {
     let out = dir.path().join("idx");
     let mut options = BuildOptions::new(&out);
     options.max_shard_tokens = Some(9_000);
-    index::build(std::slice::from_ref(&corpus), &tok, &options, &index::build::Quiet).unwrap();
+    index::build(std::slice::from_ref(&corpus), &tok, &options, &index::Quiet).unwrap();
     let index = Index::open(&out).unwrap();
     assert!(index.shards.len() >= 2);
     assert_eq!(index.manifest.as_ref().unwrap().tokenizer, *id);
@@ -71,7 +71,7 @@ fn gemma_tokenizer() {
 
     // A bytes index refuses the Gemma vocabulary, naming both.
     let bytes_out = dir.path().join("bytes-idx");
-    index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &BuildOptions::new(&bytes_out), &index::build::Quiet).unwrap();
+    index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &BuildOptions::new(&bytes_out), &index::Quiet).unwrap();
     let bytes_index = Index::open(&bytes_out).unwrap();
     let spec = TokenizerSpec::Gguf(model.to_path_buf());
     let err = bytes_index.tokenizer(Some(&spec)).err().expect("a mismatch is refused").to_string();

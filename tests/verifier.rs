@@ -696,22 +696,12 @@ fn an_index_must_share_the_models_vocabulary() {
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "def f(x):\n    return x + 1\n").unwrap();
     let gguf = dir.path().join("gguf");
-    ibid::index::build(
-        std::slice::from_ref(&corpus),
-        model().tokenizer(),
-        &ibid::index::BuildOptions::new(&gguf),
-        &ibid::index::build::Quiet,
-    )
-    .unwrap();
+    ibid::index::build(std::slice::from_ref(&corpus), model().tokenizer(), &ibid::index::BuildOptions::new(&gguf), &ibid::index::Quiet)
+        .unwrap();
     model().check_index(&ibid::index::Index::open(&gguf).unwrap()).unwrap();
     let bytes = dir.path().join("bytes");
-    ibid::index::build(
-        &[corpus],
-        &ibid::tokenize::ByteTokenizer::new(),
-        &ibid::index::BuildOptions::new(&bytes),
-        &ibid::index::build::Quiet,
-    )
-    .unwrap();
+    ibid::index::build(&[corpus], &ibid::tokenize::ByteTokenizer::new(), &ibid::index::BuildOptions::new(&bytes), &ibid::index::Quiet)
+        .unwrap();
     let err = model().check_index(&ibid::index::Index::open(&bytes).unwrap()).unwrap_err().to_string();
     assert!(err.contains("bytes") && err.contains("gemma"), "{err}");
 }
@@ -745,7 +735,7 @@ fn all_drafters_with_an_index_change_nothing() {
             .collect();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("idx");
-    ibid::index::build(&files, model().tokenizer(), &ibid::index::BuildOptions::new(&out), &ibid::index::build::Quiet).unwrap();
+    ibid::index::build(&files, model().tokenizer(), &ibid::index::BuildOptions::new(&out), &ibid::index::Quiet).unwrap();
     let index = ibid::index::Index::open(&out).unwrap();
     model().check_index(&index).unwrap();
     let vocab = model().n_vocab();

@@ -324,8 +324,10 @@ fn check_cnf(cnf: &[Vec<Vec<u32>>], options: &CnfOptions) -> Result<()> {
     Ok(())
 }
 
+/// Writing an answer as JSON failing is the server's fault, never the request's (requests are
+/// parsed with their own error, [`query_err`]): an internal error, HTTP 500.
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
-        Error::Query(e.to_string())
+        Error::Internal(format!("cannot write the answer as JSON: {e}"))
     }
 }

@@ -42,7 +42,7 @@ fn build_at(width: TokenWidth, corpus: &std::path::Path, out: std::path::PathBuf
     let mut options = BuildOptions::new(&out);
     options.max_shard_tokens = Some(shard_tokens);
     options.threads = 1;
-    index::build(&[corpus.to_path_buf()], &IdTokenizer::new(width), &options, &index::build::Quiet).unwrap();
+    index::build(&[corpus.to_path_buf()], &IdTokenizer::new(width), &options, &index::Quiet).unwrap();
     Index::open(out).unwrap()
 }
 

@@ -29,7 +29,7 @@ fn build(width: TokenWidth, docs: Vec<Vec<u32>>, shard_tokens: u64) -> Corpus {
     let mut options = BuildOptions::new(dir.path().join("idx"));
     options.max_shard_tokens = Some(shard_tokens);
     options.threads = 1;
-    index::build(&[corpus], &IdTokenizer::new(width), &options, &index::build::Quiet).unwrap();
+    index::build(&[corpus], &IdTokenizer::new(width), &options, &index::Quiet).unwrap();
     let index = Index::open(dir.path().join("idx")).unwrap();
     // shard boundaries as the builder made them
     let mut streams = Vec::new();

@@ -144,24 +144,26 @@ impl Learnt {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(crate::Error::io(path, e)),
         };
-        let learnt: Learnt = serde_json::from_slice(&bytes)
-            .map_err(|e| crate::Error::Invalid(format!("{} is not a file of learnt acceptance rates: {e}", path.display())))?;
+        let learnt: Learnt = serde_json::from_slice(&bytes).map_err(|e| crate::Error::Unusable {
+            path: path.to_path_buf(),
+            reason: format!("not a file of learnt acceptance rates: {e}"),
+        })?;
         if learnt.version != LEARNT_VERSION {
-            return Err(crate::Error::Invalid(format!(
-                "{} has version {} of the learnt acceptance rates; this ibid reads version {LEARNT_VERSION}",
-                path.display(),
-                learnt.version
-            )));
+            return Err(crate::Error::Unusable {
+                path: path.to_path_buf(),
+                reason: format!("version {} of the learnt acceptance rates; this ibid reads version {LEARNT_VERSION}", learnt.version),
+            });
         }
         if let Some((name, _)) = learnt.sources.iter().find(|(_, r)| !r.is_sane()) {
-            return Err(crate::Error::Invalid(format!("{} holds impossible counts for source {name:?}", path.display())));
+            return Err(crate::Error::Unusable { path: path.to_path_buf(), reason: format!("impossible counts for source {name:?}") });
         }
         Ok(Some(learnt))
     }
 
     /// Write atomically (a reader sees the old file or the new one, never a part).
     pub fn save(&self, path: &Path) -> crate::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| crate::Error::Invalid(format!("cannot encode: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| crate::Error::Internal(format!("cannot encode the learnt acceptance rates: {e}")))?;
         crate::error::write_atomic(path, &bytes)
     }
 }

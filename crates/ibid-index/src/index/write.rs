@@ -26,10 +26,6 @@ impl HashingWriter {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Flush, fsync and return the file's digest.
     pub fn finish(self) -> Result<FileDigest> {
         let path = self.path;
@@ -115,7 +111,7 @@ fn live_staging() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 pub fn remove_staging_on_signal() -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|e| Error::Invalid(format!("cannot watch for signals: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot watch for signals: {e}")))?;
     std::thread::Builder::new()
         .name("ibid-signals".into())
         .spawn(move || {
@@ -126,7 +122,7 @@ pub fn remove_staging_on_signal() -> Result<()> {
                 std::process::exit(128 + signal);
             }
         })
-        .map_err(|e| Error::Invalid(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot start the signal thread: {e}")))?;
     Ok(())
 }
 

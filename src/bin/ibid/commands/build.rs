@@ -76,9 +76,9 @@ impl BuildObserver for Bar {
 
 pub fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
     // Ctrl-C or a kill leaves no hidden staging folder behind
-    index::write::remove_staging_on_signal()?;
+    index::remove_staging_on_signal()?;
     let tokenizer = args.tokenizer.load().context("cannot load the tokenizer")?;
-    let output = args.output.clone().unwrap_or_else(|| index::build::default_output(&args.corpus));
+    let output = args.output.clone().unwrap_or_else(|| index::default_output(&args.corpus));
     let mut options = BuildOptions::new(&output);
     options.force = args.force;
     options.corpus = CorpusOptions {
@@ -122,7 +122,7 @@ pub fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
 
 /// Suffix arrays for token files another tool wrote.
 pub fn run_table(dir: PathBuf, token_width: TokenWidth, force: bool, threads: usize) -> Result<()> {
-    let report = index::build::table_for_tokenized(&dir, token_width, threads, force)
+    let report = index::table_for_tokenized(&dir, token_width, threads, force)
         .with_context(|| format!("cannot build the suffix arrays in {}", dir.display()))?;
     print_json(&serde_json::to_value(report)?)
 }
