@@ -197,8 +197,8 @@ def cost_curve(path):
 def relative_cost(points, n):
     """Cost of a batch of `n` rows relative to a batch of one on the curve through `points`
     ((n, seconds), sorted by n): the same rule, step for step, as `CostCurve::relative` in
-    src/calibrate.rs. It must stay the same: ibid's drafter sizes its trees by that function's
-    prices (src/draft/budget.rs), so pricing a run's steps otherwise would model another cost
+    crates/ibid-generate/src/calibrate.rs. It must stay the same: ibid's drafter sizes its trees by that function's
+    prices (crates/ibid-generate/src/draft/budget.rs), so pricing a run's steps otherwise would model another cost
     than the one ibid chose its budgets by.
 
     A measured size: its own time. Otherwise odd and even sizes follow their own curves (sizes
@@ -222,7 +222,7 @@ def relative_cost(points, n):
 def _interpolate(points, n):
     """Seconds at `n` on the piecewise-linear curve through `points` (sorted by size), extended
     past its ends by its first point and its last two points' slope: `interpolate` in
-    src/calibrate.rs."""
+    crates/ibid-generate/src/calibrate.rs."""
     at = sum(1 for m, _ in points if m < n)
     if at == 0:
         return points[0][1]

@@ -28,7 +28,8 @@ if [ "$fast" = yes ]; then
 fi
 # One release build serves the tests, the benchmarks and the demo (llama.cpp is built once).
 cargo build --release --workspace --all-targets
-# Test binaries run one after another; tests that load the model share one per binary.
+# Test binaries run one after another; the model tests are one binary (tests/model/) sharing one
+# loaded model and one lock, so no two decode at once.
 cargo test --release --workspace -- --test-threads 2
 # The server with the official OpenAI client, then under load (32 clients, 60 s, 0 errors, flat memory).
 python3 scripts/test_openai.py

@@ -2,7 +2,7 @@
 """The official `openai` Python client against `ibid serve` (Gemma 3 270M, 1 thread): completions,
 chat, both streamed, model listing, and a bad request surfacing as the client's BadRequestError.
 Greedy answers must equal `ibid generate` for the same prompt. Drafting is off here so that every
-answer is deterministic whatever the server learnt before (tests/serve_model.rs checks the
+answer is deterministic whatever the server learnt before (tests/model/serve_model.rs checks the
 drafting server against `ibid generate`). Exits non-zero on any failure.
 
 Usage: scripts/test_openai.py   (run by scripts/test.sh; needs `pip install openai`)

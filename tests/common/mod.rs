@@ -34,6 +34,12 @@ pub fn stdlib() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The test model, loaded once per test binary.
+pub fn model() -> &'static ibid::model::Model {
+    static MODEL: OnceLock<ibid::model::Model> = OnceLock::new();
+    MODEL.get_or_init(|| ibid::model::Model::load(model_path()).expect("the test model loads"))
+}
+
 /// Held by each test of a binary that runs the model, so two never decode at once: ggml's threads
 /// busy-wait, and two models decoding on 2 cores slowed a token from 13.5 to 727 ms.
 pub fn one_model_at_a_time() -> std::sync::MutexGuard<'static, ()> {

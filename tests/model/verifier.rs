@@ -2,14 +2,10 @@
 //! for bit, tree verification follows the target, speculative output equals plain output token for
 //! token (greedy and sampled), sampling keeps the target's distribution, the cache stays right.
 //!
-//! One model serves every test and a lock runs them one at a time (ggml's threads busy-wait, so
+//! One model serves every test ([`crate::common::model`]) and one lock runs them one at a time (ggml's threads busy-wait, so
 //! model tests must never overlap), on 2 threads (where the kernels split work between threads).
 
-mod common;
-
-use std::sync::{Mutex, MutexGuard, OnceLock};
-
-use common::*;
+use crate::common::*;
 use ibid::draft::RankedTree;
 use ibid::engine::{generate, Drafter, GenerateOptions, Generation, NoDrafts};
 use ibid::model::Model;
@@ -17,14 +13,8 @@ use ibid::verify::sampling::{argmax, distribution, top2};
 use ibid::verify::session::SlotStep;
 use ibid::verify::{walk, Chooser, DraftTree, SamplingParams, Session, SessionOptions, StepOutcome};
 
-fn model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load(model_path()).expect("the test model loads"))
-}
-
-fn lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    one_model_at_a_time()
 }
 
 fn session() -> Session<'static> {

@@ -4,15 +4,13 @@
 //! graceful SIGTERM that saves the recycling matrix. One server at a time (the model's threads
 //! must not compete), one thread each.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 struct Server {

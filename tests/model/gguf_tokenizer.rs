@@ -1,8 +1,6 @@
 //! The GGUF tokenizer path with the real Gemma 3 270M model.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ibid::index::{self, BuildOptions, Index};
 use ibid::tokenize::{self, GgufTokenizer, TokenWidth, Tokenizer, TokenizerSpec};
 
