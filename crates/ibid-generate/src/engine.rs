@@ -4,6 +4,7 @@
 //! slot ([`generate`]); the server's worker runs it over several. Plain decoding is the same loop
 //! with empty drafts, so both modes process the prompt identically and differ only in the batches.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -243,15 +244,16 @@ pub struct Engine<'s, 'm, D: Drafter> {
     session: &'s mut Session<'m>,
     drafter: D,
     budget: Option<Budget>,
-    /// Nodes verified per turn, for `--stats`.
-    budgets: Vec<usize>,
+    /// How many turns verified a tree of each size, for `--stats`: a count per size, so a server
+    /// that runs for months holds no more than `max + 1` entries.
+    budgets: BTreeMap<usize, u64>,
 }
 
 impl<'s, 'm, D: Drafter> Engine<'s, 'm, D> {
     /// An engine over `session`: `budget` sizes the trees (without one, each turn verifies as
     /// many nodes as its generation allows).
     pub fn new(session: &'s mut Session<'m>, drafter: D, budget: Option<Budget>) -> Self {
-        Engine { session, drafter, budget, budgets: Vec::new() }
+        Engine { session, drafter, budget, budgets: BTreeMap::new() }
     }
 
     pub fn session(&mut self) -> &mut Session<'m> {
@@ -267,17 +269,14 @@ impl<'s, 'm, D: Drafter> Engine<'s, 'm, D> {
     }
 
     /// Nodes verified per turn so far.
-    pub fn budgets(&self) -> &[usize] {
+    pub fn budgets(&self) -> &BTreeMap<usize, u64> {
         &self.budgets
     }
 
     /// Prefill `prompt` into `slot` and start its generation. Returns it and the prompt tokens
     /// that were already cached.
     pub fn start(&mut self, slot: usize, prompt: &[u32], options: &GenerateOptions) -> Result<(Generation, usize)> {
-        options.sampling.validate()?;
-        if prompt.is_empty() {
-            return Err(Error::Invalid("the prompt is empty".into()));
-        }
+        check_request(prompt, options)?;
         let started = Instant::now();
         let cached = self.session.prefill_slot(slot, prompt)?;
         Ok((Generation::new(prompt.len(), options, started.elapsed().as_secs_f64())?, cached))
@@ -318,7 +317,9 @@ impl<'s, 'm, D: Drafter> Engine<'s, 'm, D> {
                 r.truncate(keep);
             }
         }
-        self.budgets.extend(ranked.iter().map(|r| r.tree.len()));
+        for r in &ranked {
+            *self.budgets.entry(r.tree.len()).or_insert(0) += 1;
+        }
         let pendings: Vec<u32> = live
             .iter()
             .map(|&i| {
@@ -426,10 +427,7 @@ pub fn generate_with<D: Drafter>(
     let model = engine.session().model();
     let n_ctx = engine.session().options().n_ctx as usize;
     // A request that cannot run leaves the session as it was; one that can replaces what it held.
-    options.sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt is empty".into()));
-    }
+    check_request(prompt, options)?;
     engine.session().reset();
     let (mut generation, _) = engine.start(0, prompt, options)?;
     while !generation.is_done() {
@@ -438,6 +436,15 @@ pub fn generate_with<D: Drafter>(
         generation.absorb(model, verified.tree.len(), &verified.outcome, &mut on_token);
     }
     Ok(generation.finish())
+}
+
+/// Refuse a request that cannot run, before it touches the session.
+fn check_request(prompt: &[u32], options: &GenerateOptions) -> Result<()> {
+    options.sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Invalid("the prompt is empty".into()));
+    }
+    Ok(())
 }
 
 /// [`generate_with`] on an engine of `session` and `drafter` whose trees are as large as

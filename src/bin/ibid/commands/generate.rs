@@ -154,8 +154,8 @@ pub fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
         "tokens_per_step": report.tokens_per_step(),
         "drafted": report.drafted,
         "accepted": report.accepted,
-        "mean_budget": budgets.iter().sum::<usize>() as f64 / budgets.len().max(1) as f64,
-        "budgets": budget_histogram(budgets),
+        "mean_budget": budgets.iter().map(|(&b, &n)| b as f64 * n as f64).sum::<f64>() / budgets.values().sum::<u64>().max(1) as f64,
+        "budgets": json!(budgets.iter().map(|(b, n)| (b.to_string(), json!(n))).collect::<serde_json::Map<_, _>>()),
         "cost_scale": engine.budget().map(|b| (b.cost_scale() * 1000.0).round() / 1000.0),
         "sources": drafter.source_report(),
         "recycle_open_s": opened.recycle_open_s,
@@ -175,13 +175,4 @@ pub fn run_generate(args: GenerateArgs, threads: usize) -> Result<()> {
             .with_context(|| format!("cannot write the report {}", path.display()))?;
     }
     Ok(())
-}
-
-/// How often each budget was chosen, as `{"budget": steps}`.
-pub fn budget_histogram(budgets: &[usize]) -> serde_json::Value {
-    let mut counts = std::collections::BTreeMap::new();
-    for &b in budgets {
-        *counts.entry(b).or_insert(0u64) += 1;
-    }
-    json!(counts.into_iter().map(|(b, n)| (b.to_string(), json!(n))).collect::<serde_json::Map<_, _>>())
 }
