@@ -36,8 +36,17 @@ pub fn stdlib() -> PathBuf {
 
 /// The test model, loaded once per test binary.
 pub fn model() -> &'static ibid::model::Model {
-    static MODEL: OnceLock<ibid::model::Model> = OnceLock::new();
-    MODEL.get_or_init(|| ibid::model::Model::load(model_path()).expect("the test model loads"))
+    shared()
+}
+
+/// The same loaded model, as the server holds it.
+pub fn shared_model() -> std::sync::Arc<ibid::model::Model> {
+    shared().clone()
+}
+
+fn shared() -> &'static std::sync::Arc<ibid::model::Model> {
+    static MODEL: OnceLock<std::sync::Arc<ibid::model::Model>> = OnceLock::new();
+    MODEL.get_or_init(|| std::sync::Arc::new(ibid::model::Model::load(model_path()).expect("the test model loads")))
 }
 
 /// Held by each test of a binary that runs the model, so two never decode at once: ggml's threads

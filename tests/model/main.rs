@@ -6,7 +6,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../fuzz/requests.rs"]
+mod fuzz_requests;
 
+mod fuzz_server;
 mod gguf_tokenizer;
 mod serve_model;
 mod verifier;

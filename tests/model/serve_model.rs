@@ -400,7 +400,7 @@ fn serve_answers_like_openai_and_survives_bad_clients() {
 fn a_panic_in_a_step_fails_its_request_only() {
     let _serial = one_model_at_a_time();
     let cache = tempfile::tempdir().unwrap();
-    let server = start_with(&["--draft", "none"], cache.path(), &[(ibid::server::worker::FAULT_PANIC_AT_STEP, "3")]);
+    let server = start_with(&["--draft", "none"], cache.path(), &[(ibid::server::FAULT_PANIC_AT_STEP, "3")]);
     let body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}).to_string();
     let (code, v) = post(&server, "/v1/completions", &body);
     assert_eq!(code, 500, "{v}");

@@ -9,8 +9,8 @@ use crate::common::*;
 use ibid::draft::RankedTree;
 use ibid::engine::{generate, Drafter, GenerateOptions, Generation, NoDrafts};
 use ibid::model::Model;
-use ibid::verify::sampling::{argmax, distribution, top2};
-use ibid::verify::session::SlotStep;
+use ibid::verify::SlotStep;
+use ibid::verify::{argmax, distribution, top2};
 use ibid::verify::{walk, Chooser, DraftTree, SamplingParams, Session, SessionOptions, StepOutcome};
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -549,9 +549,9 @@ fn speculative_sampling_keeps_the_target_distribution() {
     // The walk is a pure function of the batch's logits: repeat it with fresh random numbers. To
     // make 60,000 walks cheap, project every logit vector onto the 256 likeliest root tokens and
     // their children's (top-k 40 and top-p keep far fewer, so the distributions are unchanged).
-    let mut keep: Vec<u32> = ibid::verify::sampling::top_k(&root, 256).into_iter().map(|t| t.0).collect();
+    let mut keep: Vec<u32> = ibid::verify::top_k(&root, 256).into_iter().map(|t| t.0).collect();
     for l in &logits {
-        for (t, _) in ibid::verify::sampling::top_k(l, 256) {
+        for (t, _) in ibid::verify::top_k(l, 256) {
             if !keep.contains(&t) {
                 keep.push(t);
             }

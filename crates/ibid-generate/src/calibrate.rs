@@ -172,7 +172,7 @@ pub fn measure(session: &mut Session<'_>, sizes: &[usize], context_tokens: usize
     let sizes = &sizes[..];
     let max = sizes.iter().copied().max().unwrap_or(1);
     if max + 1 > session.options().n_batch as usize {
-        return Err(Error::Invalid(format!("batches of {max} need --batch of at least {}", max + 1)));
+        return Err(Error::Argument(format!("batches of {max} need --batch of at least {}", max + 1)));
     }
     // A real-looking context: the model's own tokens 100..100+context_tokens.
     let prompt: Vec<u32> = (0..context_tokens.max(1) as u32).map(|i| 100 + i % 5000).collect();

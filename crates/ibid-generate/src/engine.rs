@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::draft::{Budget, DraftSource, MergingDrafter, RankedTree, MAX_AUTO_BUDGET};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::verify::session::SlotStep;
+use crate::verify::SlotStep;
 use crate::verify::{Chooser, DraftTree, SamplingParams, Session, StepOutcome};
 
 /// Makes draft trees that continue a context, and learns from what was accepted.
@@ -162,7 +162,7 @@ impl Generation {
     pub fn budget(&self, len: usize, n_ctx: usize) -> Result<usize> {
         let room = n_ctx.saturating_sub(len + 2);
         if room == 0 {
-            return Err(Error::ContextFull { n_ctx, generated: self.report.tokens.len() });
+            return Err(Error::ContextFull { n_ctx, generated: Some(self.report.tokens.len()) });
         }
         let left = self.options.max_tokens.saturating_sub(self.report.tokens.len());
         Ok(self.options.budget.min(room).min(left.saturating_sub(1)))
@@ -220,7 +220,7 @@ impl Sizing {
         if arg == "auto" {
             return Ok((Sizing::Auto { max: MAX_AUTO_BUDGET, slots: 1, refine: false }, MAX_AUTO_BUDGET));
         }
-        let nodes = arg.parse::<usize>().map_err(|_| Error::Invalid(format!("--budget takes a number or auto, not {arg:?}")))?;
+        let nodes = arg.parse::<usize>().map_err(|_| Error::Argument(format!("--budget takes a number or auto, not {arg:?}")))?;
         Ok((Sizing::Fixed, nodes))
     }
 }
@@ -323,7 +323,7 @@ impl<'s, 'm, D: Drafter> Engine<'s, 'm, D> {
         let pendings: Vec<u32> = live
             .iter()
             .map(|&i| {
-                self.session.slot_pending(turns[i].slot).ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))
+                self.session.slot_pending(turns[i].slot).ok_or_else(|| Error::Session("nothing to continue: prefill a prompt first".into()))
             })
             .collect::<Result<_>>()?;
         let mut work: Vec<SlotStep<'_>> = Vec::with_capacity(live.len());
@@ -442,7 +442,7 @@ pub fn generate_with<D: Drafter>(
 fn check_request(prompt: &[u32], options: &GenerateOptions) -> Result<()> {
     options.sampling.validate()?;
     if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt is empty".into()));
+        return Err(Error::Prompt("the prompt is empty".into()));
     }
     Ok(())
 }

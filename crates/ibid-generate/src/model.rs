@@ -72,17 +72,16 @@ impl Model {
                 let name = if f == "qwen" { "chatml" } else { f };
                 Ok((llama_cpp_2::model::LlamaChatTemplate::new(name).expect("no NUL"), format!("built-in {name}")))
             }
-            None => Err(Error::Invalid(format!(
-                "{} has no chat template (architecture {arch:?}): use completions instead",
-                self.path.display()
-            ))),
+            None => {
+                Err(Error::Prompt(format!("{} has no chat template (architecture {arch:?}): use completions instead", self.path.display())))
+            }
         }
     }
 
     /// A chat as prompt text, rendered with [`Model::chat_template`], ending where the assistant's
     /// turn begins.
     pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String> {
-        let bad = |reason: String| Error::Invalid(reason);
+        let bad = |reason: String| Error::Prompt(reason);
         let (template, _) = self.chat_template()?;
         let chat = messages
             .iter()
@@ -113,7 +112,7 @@ impl Model {
     pub fn check_index(&self, index: &Index) -> Result<()> {
         match &index.manifest {
             Some(_) => index.check_tokenizer(self.tokenizer.identity()),
-            None => Err(Error::Invalid(format!(
+            None => Err(Error::Tokenizer(format!(
                 "{} has no manifest, so its tokenizer cannot be checked against {}",
                 index.dir.display(),
                 self.path.display()

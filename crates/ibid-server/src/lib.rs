@@ -3,11 +3,11 @@
 //! thread fed by a bounded queue (first come, first served) that generates several requests at
 //! once, one verification batch for all; HTTP runs on tokio.
 
-pub mod metrics;
-pub mod openai;
+mod metrics;
+mod openai;
 pub mod query_routes;
 pub mod shutdown;
-pub mod worker;
+mod worker;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -30,7 +30,7 @@ use ibid_generate::{draft, engine, model, verify};
 use ibid_index::Result;
 use ibid_index::{error, index, query_engine};
 pub use metrics::Metrics;
-pub use worker::{Queue, WorkerConfig};
+pub use worker::{spawn as spawn_worker, Event, Finish, Job, JobError, JobErrorKind, Queue, WorkerConfig, FAULT_PANIC_AT_STEP};
 
 pub struct AppState {
     pub model: Arc<Model>,

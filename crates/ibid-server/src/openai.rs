@@ -82,6 +82,8 @@ pub struct Common {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub n: Option<i64>,
+    /// Accepted (OpenAI clients send it) and checked for type; not used.
+    #[allow(dead_code)]
     pub user: Option<String>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
@@ -142,6 +144,8 @@ pub struct ContentPart {
 pub struct ChatMessage {
     pub role: String,
     pub content: Content,
+    /// Accepted (OpenAI clients send it) and checked for type; not used.
+    #[allow(dead_code)]
     pub name: Option<String>,
 }
 

@@ -75,8 +75,15 @@ impl JobError {
 }
 
 impl From<&Error> for JobError {
+    /// The request's fault (a prompt or parameter the model cannot take, a context too small for
+    /// it) or the server's (llama.cpp, a session used out of order, anything else).
     fn from(e: &Error) -> Self {
-        JobError::new(JobErrorKind::Failed, e.to_string())
+        let kind = match e {
+            Error::Prompt(_) | Error::Argument(_) | Error::ContextFull { .. } => JobErrorKind::Rejected,
+            Error::Stopped(_) => JobErrorKind::TimedOut,
+            _ => JobErrorKind::Failed,
+        };
+        JobError::new(kind, e.to_string())
     }
 }
 
@@ -337,7 +344,8 @@ fn serve_jobs(
                 metrics.verify_steps.inc();
                 metrics.batch_sequences.inc_by(verified as u64);
             }
-            Err(e) => fail_all(&mut running, &JobError::from(&e)),
+            // A step that fails fails every request in it: the server's fault, whatever the error.
+            Err(e) => fail_all(&mut running, &JobError::new(JobErrorKind::Failed, e.to_string())),
         }
         for r in running.iter().filter(|r| r.done && !r.released) {
             if let Err(e) = engine.session().release(r.slot) {
@@ -514,5 +522,18 @@ mod tests {
         assert_eq!(f.push("c"), ("ac".into(), false));
         // multi-byte: prefixes are cut at character boundaries
         assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));
+    }
+
+    /// The request's errors are 400s, the server's 500s, a deadline 503 (`openai::job_status`).
+    #[test]
+    fn job_errors_say_whose_fault() {
+        let kind = |e: Error| JobError::from(&e).kind;
+        assert_eq!(kind(Error::Prompt("the prompt is empty".into())), JobErrorKind::Rejected);
+        assert_eq!(kind(Error::Argument("top_p must be in (0, 1]".into())), JobErrorKind::Rejected);
+        assert_eq!(kind(Error::ContextFull { n_ctx: 8, generated: None }), JobErrorKind::Rejected);
+        assert_eq!(kind(Error::Stopped("the deadline passed".into())), JobErrorKind::TimedOut);
+        assert_eq!(kind(Error::Session("slot 3 does not exist".into())), JobErrorKind::Failed);
+        assert_eq!(kind(Error::Llama("decode failed".into())), JobErrorKind::Failed);
+        assert_eq!(kind(Error::Internal("a panic".into())), JobErrorKind::Failed);
     }
 }

@@ -4,7 +4,7 @@
 use super::calibration::{Calibration, Learnt, LEARNT_VERSION};
 use super::{DraftSource, RankedTree, SourceStats, MAX_AUTO_BUDGET};
 use crate::engine::Drafter;
-use crate::verify::tree::SourceId;
+use crate::verify::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
 /// One node of the merged candidate trie.

@@ -1,18 +1,18 @@
 //! Drafters that cost no neural network: continuations from the running context and from the
 //! corpus index. Each proposes scored paths; `MergingDrafter` merges them into one tree, best first.
 
-pub mod budget;
+mod budget;
 mod calibration;
-pub mod context;
+mod context;
 mod merge;
-pub mod ngram;
-pub mod oracle;
+mod ngram;
+mod oracle;
 mod ranked;
-pub mod recycle;
-pub mod retrieve;
+mod recycle;
+mod retrieve;
 mod sources;
 
-use crate::verify::tree::SourceId;
+use crate::verify::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
 pub use budget::{Budget, MAX_AUTO_BUDGET};

@@ -1,8 +1,8 @@
 //! A merged draft tree before its cut, and the nodes the cut left out (shadow nodes): what the
 //! budget cuts and what calibration learns from.
 
-use crate::verify::tree::SourceId;
 use crate::verify::DraftTree;
+use crate::verify::SourceId;
 
 /// A merged tree before its cut: nodes best first, with their path probabilities and their
 /// sources' raw estimates.

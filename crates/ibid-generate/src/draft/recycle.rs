@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::{Candidate, DraftSource};
 use crate::error::{write_atomic, Error, IoContext, Result};
 use crate::index::Index;
-use crate::verify::tree::SourceId;
+use crate::verify::SourceId;
 use crate::verify::{DraftTree, StepOutcome};
 
 /// Followers kept per token.
@@ -231,7 +231,7 @@ pub fn open_matrix(
 
 /// The ids of the `k` largest values, largest first (ties: smaller id first).
 pub fn top_k_ids(values: &[f32], k: usize) -> Vec<u32> {
-    crate::verify::sampling::top_k(values, k).into_iter().map(|(id, _)| id).collect()
+    crate::verify::top_k(values, k).into_iter().map(|(id, _)| id).collect()
 }
 
 /// Drafts from a [`RecycleMatrix`] and keeps it current from the verifier's logits.

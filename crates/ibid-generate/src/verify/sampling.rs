@@ -28,10 +28,10 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::Invalid(format!("temperature must be 0 or more, not {}", self.temperature)));
+            return Err(Error::Argument(format!("temperature must be 0 or more, not {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Invalid(format!("top_p must be in (0, 1], not {}", self.top_p)));
+            return Err(Error::Argument(format!("top_p must be in (0, 1], not {}", self.top_p)));
         }
         Ok(())
     }

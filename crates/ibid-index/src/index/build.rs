@@ -148,7 +148,7 @@ impl Build<'_> {
             }
             let needed = ids.len() as u64 + 1;
             if needed > MAX_SHARD_TOKENS {
-                return Err(Error::Invalid(format!("a document of {needed} tokens is too large for one shard")));
+                return Err(Error::Argument(format!("a document of {needed} tokens is too large for one shard")));
             }
             if !self.shard.tokens.is_empty() && self.shard.tokens.len() as u64 + needed > self.capacity {
                 self.flush_shard()?;
@@ -204,7 +204,7 @@ fn write_u64s(w: &mut impl std::io::Write, values: &[u64]) -> std::io::Result<()
 pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptions, observer: &dyn BuildObserver) -> Result<BuildReport> {
     let start = Instant::now();
     if inputs.is_empty() {
-        return Err(Error::Invalid("no corpus given".into()));
+        return Err(Error::Argument("no corpus given".into()));
     }
     let sources = corpus::discover(inputs)?;
     let input_bytes = corpus::total_bytes(&sources);

@@ -236,7 +236,7 @@ fn open_manifest(dir: &Path, options: &OpenOptions) -> Result<Index> {
     let manifest = Manifest::read(dir)?;
     if let Some(w) = options.token_width {
         if w != manifest.token_width {
-            return Err(Error::Invalid(format!("the manifest says {}-byte tokens, not {}", manifest.token_width.bytes(), w.bytes())));
+            return Err(Error::Argument(format!("the manifest says {}-byte tokens, not {}", manifest.token_width.bytes(), w.bytes())));
         }
     }
     if manifest.shards.is_empty() {

@@ -12,7 +12,7 @@ impl Index {
             return match given {
                 Some(spec) => spec.load(),
                 None => {
-                    Err(Error::Invalid("this index has no manifest, so its tokenizer is unknown: pass --tokenizer or token ids".into()))
+                    Err(Error::Tokenizer("this index has no manifest, so its tokenizer is unknown: pass --tokenizer or token ids".into()))
                 }
             };
         };
@@ -22,14 +22,14 @@ impl Index {
             (None, "bytes") => Box::new(ByteTokenizer::new()),
             (None, "gguf") => {
                 let path = expected.model_path.as_ref().filter(|p| p.exists()).ok_or_else(|| {
-                    Error::Invalid(format!(
+                    Error::Tokenizer(format!(
                         "the index was built with {}, which is not at its recorded path: pass --tokenizer gguf:PATH",
                         expected.model_file.as_deref().unwrap_or("a GGUF model")
                     ))
                 })?;
                 load_gguf(path)?
             }
-            (None, other) => return Err(Error::Invalid(format!("unknown tokenizer kind {other:?} in the manifest"))),
+            (None, other) => return Err(Error::Tokenizer(format!("unknown tokenizer kind {other:?} in the manifest"))),
         };
         self.check_tokenizer(tokenizer.identity())?;
         Ok(tokenizer)

@@ -159,7 +159,7 @@ impl Staging {
                 return Err(Error::IndexExists(dest.to_path_buf()));
             }
             if !dest.is_dir() || !replaceable(dest) {
-                return Err(Error::Invalid(format!("refusing to replace {}: it is not an index or an empty folder", dest.display())));
+                return Err(Error::Argument(format!("refusing to replace {}: it is not an index or an empty folder", dest.display())));
             }
         }
         let parent = match dest.parent() {

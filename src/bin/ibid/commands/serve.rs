@@ -86,7 +86,7 @@ pub fn run_serve_model(args: ServeArgs, threads: usize) -> Result<()> {
         max_budget,
         queue: args.queue,
     };
-    let (queue, worker) = ibid::server::worker::spawn(model.clone(), index.clone(), config, metrics.clone())?;
+    let (queue, worker) = ibid::server::spawn_worker(model.clone(), index.clone(), config, metrics.clone())?;
     let name =
         args.name.clone().unwrap_or_else(|| args.model.model.file_name().map_or("model".into(), |f| f.to_string_lossy().into_owned()));
     let options = ibid::server::ModelServerOptions {

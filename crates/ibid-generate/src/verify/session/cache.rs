@@ -24,7 +24,7 @@ impl<'m> Session<'m> {
         while live + needed > n_ctx {
             let oldest = (0..self.parked.len()).filter(|&i| !self.parked[i].tokens.is_empty()).min_by_key(|&i| self.parked[i].parked_at);
             let Some(oldest) = oldest else {
-                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
+                return Err(Error::ContextFull { n_ctx, generated: None });
             };
             live -= self.parked[oldest].tokens.len();
             self.drop_parked(oldest, 0)?;
@@ -74,7 +74,7 @@ impl<'m> Session<'m> {
     pub(super) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let n = self.model.n_vocab() as u32;
         match tokens.iter().find(|&&t| t >= n) {
-            Some(t) => Err(Error::Invalid(format!("token {t} is outside the model's vocabulary of {n}"))),
+            Some(t) => Err(Error::Prompt(format!("token {t} is outside the model's vocabulary of {n}"))),
             None => Ok(()),
         }
     }
@@ -94,18 +94,18 @@ impl<'m> Session<'m> {
     /// came from the cache.
     pub fn prefill_slot(&mut self, slot: usize, prompt: &[u32]) -> Result<usize> {
         if slot >= self.slots.len() {
-            return Err(Error::Invalid(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
+            return Err(Error::Session(format!("slot {slot} does not exist; the session has {}", self.slots.len())));
         }
         if !self.slot_is_free(slot) {
-            return Err(Error::Invalid(format!("slot {slot} is in use")));
+            return Err(Error::Session(format!("slot {slot} is in use")));
         }
         let Some((&last, head)) = prompt.split_last() else {
-            return Err(Error::Invalid("the prompt is empty".into()));
+            return Err(Error::Prompt("the prompt is empty".into()));
         };
         self.check_tokens(prompt)?;
         let n_ctx = self.options.n_ctx as usize;
         if prompt.len() + 1 > n_ctx {
-            return Err(Error::Invalid(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
+            return Err(Error::Prompt(format!("the prompt has {} tokens, more than the context of {n_ctx} allows", prompt.len())));
         }
         let seq = self.seq_base(slot);
         let keep = match self.longest_cached_start(slot, head) {

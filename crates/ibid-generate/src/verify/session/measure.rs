@@ -7,15 +7,15 @@ impl<'m> Session<'m> {
     /// Decode slot 0's pending token and then `tokens` as one batch (or one token per batch), without
     /// keeping them; calls `read` with the logits after each of them (pending first).
     pub(super) fn decode_chain(&mut self, tokens: &[u32], one_by_one: bool, mut read: impl FnMut(&[f32])) -> Result<()> {
-        let pending = self.slots[0].pending.ok_or_else(|| Error::Invalid("nothing to continue: prefill a prompt first".into()))?;
+        let pending = self.slots[0].pending.ok_or_else(|| Error::Session("nothing to continue: prefill a prompt first".into()))?;
         self.check_tokens(tokens)?;
         if !one_by_one && tokens.len() + 1 > self.options.n_batch as usize {
-            return Err(Error::Invalid(format!("at most {} tokens fit one batch", self.options.n_batch - 1)));
+            return Err(Error::Session(format!("at most {} tokens fit one batch", self.options.n_batch - 1)));
         }
         let per_batch = if one_by_one { 1 } else { tokens.len() + 1 };
         let base = self.slots[0].committed.len();
         if base + tokens.len() + 2 > self.options.n_ctx as usize {
-            return Err(Error::Invalid(format!("the context of {} tokens is full", self.options.n_ctx)));
+            return Err(Error::ContextFull { n_ctx: self.options.n_ctx as usize, generated: None });
         }
         let all: Vec<u32> = std::iter::once(pending).chain(tokens.iter().copied()).collect();
         for (c, chunk) in all.chunks(per_batch).enumerate() {

@@ -152,17 +152,17 @@ impl<'m> Session<'m> {
     pub fn new(model: &'m Model, options: SessionOptions) -> Result<Self> {
         let sequences = options.slots * options.max_sequences + options.cached_prompts;
         if options.max_sequences == 0 || options.slots == 0 || sequences >= MAX_SEQUENCES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Argument(format!(
                 "slots × max_sequences + cached_prompts must be in 1..{MAX_SEQUENCES}, not {} × {} + {}",
                 options.slots, options.max_sequences, options.cached_prompts
             )));
         }
         if options.n_batch < 2 || options.n_ctx < 8 {
-            return Err(Error::Invalid("n_batch must be at least 2 and n_ctx at least 8".into()));
+            return Err(Error::Argument("n_batch must be at least 2 and n_ctx at least 8".into()));
         }
         // llama.cpp keeps room for one output per sequence in every batch.
         if options.n_batch <= sequences {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Argument(format!(
                 "n_batch ({}) must exceed slots × max_sequences + cached_prompts ({sequences})",
                 options.n_batch
             )));

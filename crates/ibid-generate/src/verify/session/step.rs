@@ -28,21 +28,21 @@ impl<'m> Session<'m> {
         let mut batch_tokens = 0;
         let mut leaves_of: Vec<Vec<usize>> = Vec::with_capacity(work.len());
         for (i, w) in work.iter().enumerate() {
-            let slot = self.slots.get(w.slot).ok_or_else(|| Error::Invalid(format!("slot {} does not exist", w.slot)))?;
+            let slot = self.slots.get(w.slot).ok_or_else(|| Error::Session(format!("slot {} does not exist", w.slot)))?;
             if slot.pending.is_none() {
-                return Err(Error::Invalid("nothing to continue: prefill a prompt first".into()));
+                return Err(Error::Session("nothing to continue: prefill a prompt first".into()));
             }
             if work[..i].iter().any(|o| o.slot == w.slot) {
-                return Err(Error::Invalid(format!("slot {} appears twice in one step", w.slot)));
+                return Err(Error::Session(format!("slot {} appears twice in one step", w.slot)));
             }
             let tokens: Vec<u32> = (0..w.tree.len()).map(|n| w.tree.token(n)).collect();
             self.check_tokens(&tokens)?;
             if slot.committed.len() + 1 + w.tree.max_depth() + 1 > n_ctx {
-                return Err(Error::Invalid(format!("the context of {n_ctx} tokens is full")));
+                return Err(Error::ContextFull { n_ctx, generated: None });
             }
             let leaves = w.tree.leaves();
             if leaves.len() > self.options.max_sequences as usize {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Session(format!(
                     "a draft tree of {} paths is more than the {} sequences of this session",
                     leaves.len(),
                     self.options.max_sequences
@@ -52,7 +52,7 @@ impl<'m> Session<'m> {
             batch_tokens += 1 + w.tree.len();
         }
         if batch_tokens > self.options.n_batch as usize {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Session(format!(
                 "draft trees of {} nodes in all do not fit a batch of {}",
                 batch_tokens - work.len(),
                 self.options.n_batch
