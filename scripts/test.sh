@@ -22,7 +22,7 @@ if [ "$fast" = yes ]; then
   # integration tests that load no model.
   cargo test --release -p ibid-index -- --test-threads 2
   cargo test --release --workspace --lib --bins -- --test-threads 2
-  cargo test --release --test query_infinigram --test infinigram_interop --test serve_http --test drafters \
+  cargo test --release --test query_infinigram --test infinigram_interop --test serve_http --test drafters --test shard_build \
     -- --test-threads 2
   exit 0
 fi

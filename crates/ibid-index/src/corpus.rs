@@ -166,7 +166,7 @@ pub struct ReadStats {
     pub skip_reasons: Vec<String>,
 }
 
-const MAX_SKIP_REASONS: usize = 20;
+pub(crate) const MAX_SKIP_REASONS: usize = 20;
 
 struct OpenSource {
     name: String,

@@ -35,6 +35,23 @@ struct Cli {
 enum Command {
     /// Build an index from text, JSONL, .gz/.zst files, folders or stdin (`-`).
     Build(BuildArgs),
+    /// Join the parts of a sharded build (`build --shard I/N`), or whole indexes of one
+    /// tokenizer, into one index: shards renumbered, files hard-linked (or copied) and checked
+    /// against their checksums, one manifest written.
+    Merge {
+        /// The parts' index folders (a sharded build's parts in any order).
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace an existing index at the output path.
+        #[arg(long)]
+        force: bool,
+        /// No progress line.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Print an index's manifest and statistics.
     Info(IndexArgs),
     /// Check sizes, checksums and suffix-array pointers of an index.
@@ -149,6 +166,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Build(args) => commands::build::run_build(args, threads),
+        Command::Merge { parts, output, force, quiet } => commands::build::run_merge(parts, output, force, quiet),
         Command::Info(args) => commands::index::run_info(args),
         Command::Verify { index, deep } => commands::index::run_verify(index, deep),
         Command::Count(args) | Command::Cnf(args) => args.run(QueryType::Count, |_| {}),

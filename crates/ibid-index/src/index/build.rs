@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{pointer_width, BuildParams, Manifest, ShardFile, ShardManifest, FORMAT_NAME, FORMAT_VERSION, LAYOUT, MANIFEST_FILE};
+use super::format::{
+    pointer_width, BuildParams, Manifest, Part, ShardFile, ShardManifest, Split, FORMAT_NAME, FORMAT_VERSION, LAYOUT, MANIFEST_FILE,
+};
 use super::sa::{self, MAX_SHARD_TOKENS};
 use super::tokens::TokenBuf;
 use super::write::{write_file, Staging};
@@ -28,6 +30,8 @@ pub struct BuildOptions {
     pub max_shard_tokens: Option<u64>,
     /// Threads for the suffix-array stage (tokenizing uses rayon's pool).
     pub threads: usize,
+    /// Build only this part of the index (`--shard i/N`); `ibid merge` joins the parts.
+    pub part: Option<Part>,
 }
 
 impl BuildOptions {
@@ -39,6 +43,7 @@ impl BuildOptions {
             memory_budget: default_memory_budget(),
             max_shard_tokens: None,
             threads: rayon::current_num_threads(),
+            part: None,
         }
     }
 }
@@ -206,7 +211,16 @@ pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptio
     if inputs.is_empty() {
         return Err(Error::Argument("no corpus given".into()));
     }
-    let sources = corpus::discover(inputs)?;
+    let mut sources = corpus::discover(inputs)?;
+    if let Some(part) = options.part.filter(|p| p.split == Split::Files) {
+        if sources.iter().any(|s| matches!(s, corpus::Source::Stdin)) {
+            return Err(Error::Argument("stdin cannot be split by file: use --split documents".into()));
+        }
+        sources = part.files(sources, |s| match s {
+            corpus::Source::File(p, _) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            corpus::Source::Stdin => 0,
+        });
+    }
     let input_bytes = corpus::total_bytes(&sources);
     let staging = Staging::new(&options.output, options.force)?;
     let width = tokenizer.width();
@@ -232,12 +246,17 @@ pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptio
     let mut batch: Vec<Document> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut tokenize_s = 0.0;
+    // Documents with text, in reading order: a part split by document keeps its share of them.
+    let mut number = 0u64;
     loop {
         let next = stream.next().transpose()?;
         let end = next.is_none();
         if let Some(doc) = next {
-            batch_bytes += doc.text.len();
-            batch.push(doc);
+            if options.part.is_none_or(|p| p.takes_document(number)) {
+                batch_bytes += doc.text.len();
+                batch.push(doc);
+            }
+            number += 1;
         }
         if batch_bytes >= BATCH_BYTES || (end && !batch.is_empty()) {
             build.text_bytes += batch_bytes as u64;
@@ -256,7 +275,10 @@ pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptio
     }
     let stats = stream.stats.clone();
     if build.shard.tokens.is_empty() && build.shards.is_empty() {
-        let inputs = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let mut inputs = inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        if let Some(p) = options.part {
+            inputs += &format!("; part {}/{} split by {:?} has none of them", p.index, p.count, p.split).to_lowercase();
+        }
         return Err(Error::EmptyCorpus { inputs });
     }
     if !build.shard.tokens.is_empty() {
@@ -281,6 +303,7 @@ pub fn build(inputs: &[PathBuf], tokenizer: &dyn Tokenizer, options: &BuildOptio
             max_shard_tokens: capacity,
             piece_bytes: PIECE_TARGET_BYTES,
             read: stats,
+            part: options.part,
         },
     };
     let manifest_path = build.staging.path().join(MANIFEST_FILE);

@@ -87,6 +87,69 @@ pub struct BuildParams {
     pub max_shard_tokens: u64,
     pub piece_bytes: usize,
     pub read: ReadStats,
+    /// Set on a part built with `--shard i/N`; absent on whole indexes, merged ones included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// Which part of a sharded build an index is: part `index` of `count`, the inputs split by
+/// document or by file. N runs with the same inputs and options, one per part, produce the parts
+/// of one index (`ibid merge` joins them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+    pub split: Split,
+}
+
+/// How a sharded build divides its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Document k (in reading order, documents with text) goes to part k mod N. Every part reads
+    /// all the input and tokenizes its share; the parts come out even whatever the files.
+    #[default]
+    Documents,
+    /// Each file goes whole to one part, largest files first to the part with the fewest bytes so
+    /// far. Each part reads only its files: the split for many-file corpora.
+    Files,
+}
+
+impl Part {
+    /// Part `i` of `n` from `"i/n"`.
+    pub fn parse(text: &str, split: Split) -> Result<Part> {
+        let bad = || Error::Argument(format!("--shard takes I/N with 0 <= I < N, not {text:?}"));
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Part { index, count, split })
+    }
+
+    pub fn takes_document(&self, number: u64) -> bool {
+        self.split != Split::Documents || number % self.count as u64 == self.index as u64
+    }
+
+    /// The files of this part, in their reading order: the largest files first, each to the part
+    /// with the fewest bytes so far (ties to the lowest part), so the split depends only on the
+    /// files' order and sizes.
+    pub fn files<T>(&self, files: Vec<T>, size: impl Fn(&T) -> u64) -> Vec<T> {
+        if self.split != Split::Files {
+            return files;
+        }
+        let sizes: Vec<u64> = files.iter().map(&size).collect();
+        let mut order: Vec<usize> = (0..files.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+        let mut load = vec![0u64; self.count];
+        let mut owner = vec![0usize; files.len()];
+        for i in order {
+            let p = (0..self.count).min_by_key(|&p| (load[p], p)).expect("count >= 1");
+            owner[i] = p;
+            load[p] += sizes[i].max(1);
+        }
+        files.into_iter().zip(owner).filter(|(_, p)| *p == self.index).map(|(f, _)| f).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,5 +225,34 @@ mod tests {
             assert_eq!(pointer_width(n), float.max(1), "n={n}");
         }
         assert_eq!(pointer_width(1), 1);
+    }
+
+    #[test]
+    fn parts_parse_and_split_every_input_exactly_once() {
+        assert_eq!(Part::parse("2/5", Split::Files).unwrap(), Part { index: 2, count: 5, split: Split::Files });
+        for bad in ["5/5", "1/0", "x/2", "3", "-1/2", "1/2/3"] {
+            assert!(matches!(Part::parse(bad, Split::Documents), Err(Error::Argument(_))), "{bad}");
+        }
+        let sizes: Vec<u64> = vec![7, 0, 100, 3, 3, 50, 0, 9, 1];
+        for count in 1..=6 {
+            let parts: Vec<Part> = (0..count).map(|index| Part { index, count, split: Split::Files }).collect();
+            let mut seen: Vec<usize> = Vec::new();
+            let mut loads = Vec::new();
+            for p in &parts {
+                let mine = p.files((0..sizes.len()).collect(), |&i| sizes[i]);
+                assert!(mine.windows(2).all(|w| w[0] < w[1]), "reading order kept");
+                loads.push(mine.iter().map(|&i| sizes[i]).sum::<u64>());
+                seen.extend(mine);
+            }
+            seen.sort();
+            assert_eq!(seen, (0..sizes.len()).collect::<Vec<_>>(), "{count} parts: every file once");
+            if count == 2 {
+                assert_eq!(loads, vec![100, 73], "largest first to the lightest part");
+            }
+            for d in 0..40u64 {
+                let takers = (0..count).filter(|&index| Part { index, count, split: Split::Documents }.takes_document(d)).count();
+                assert_eq!(takers, 1, "document {d} in exactly one of {count} parts");
+            }
+        }
     }
 }

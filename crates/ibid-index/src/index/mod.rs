@@ -4,6 +4,7 @@
 pub(crate) mod build;
 pub(crate) mod check;
 pub(crate) mod format;
+pub(crate) mod merge;
 pub(crate) mod open;
 pub(crate) mod query;
 pub(crate) mod sa;
@@ -13,7 +14,8 @@ pub(crate) mod write;
 
 pub use build::{build, default_output, table_for_tokenized, BuildObserver, BuildOptions, BuildReport, Quiet};
 pub use check::VerifyReport;
-pub use format::{Manifest, ShardFile};
+pub use format::{Manifest, Part, ShardFile, Split};
+pub use merge::{merge, MergeReport};
 pub use open::{Index, OpenOptions, Shard};
 pub use query::{
     CnfOptions, CountResult, DocResult, FindCnfResult, FindResult, InfgramNtdResult, InfgramProbResult, NtdResult, ProbResult,

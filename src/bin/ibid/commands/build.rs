@@ -6,12 +6,18 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use ibid::corpus::{CorpusOptions, InputFormat};
-use ibid::index::{self, BuildObserver, BuildOptions};
+use ibid::index::{self, BuildObserver, BuildOptions, Part, Split};
 use ibid::tokenize::{TokenWidth, TokenizerSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::args::{parse_size, print_json};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    Documents,
+    Files,
+}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FormatArg {
@@ -46,6 +52,14 @@ pub struct BuildArgs {
     /// Replace an existing index at the output path.
     #[arg(long)]
     pub force: bool,
+    /// Build part I of N (`0/4` … `3/4`): N runs with the same inputs and options, on one machine
+    /// or many, build the parts of one index; `ibid merge` joins them.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// How --shard divides the inputs: documents round-robin (every part reads everything), or
+    /// whole files balanced by size (every part reads only its files).
+    #[arg(long, value_enum, default_value = "documents", requires = "shard")]
+    pub split: SplitArg,
     /// Skip bad documents (invalid JSON or UTF-8, missing text field) and count them.
     #[arg(long)]
     pub skip_bad: bool,
@@ -95,6 +109,11 @@ pub fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
     }
     options.max_shard_tokens = args.shard_tokens;
     options.threads = threads;
+    let split = match args.split {
+        SplitArg::Documents => Split::Documents,
+        SplitArg::Files => Split::Files,
+    };
+    options.part = args.shard.as_deref().map(|s| Part::parse(s, split)).transpose()?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ETA {eta} {msg}")
@@ -110,6 +129,7 @@ pub fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
         "documents": m.documents,
         "tokens": m.tokens,
         "shards": m.shards.len(),
+        "part": m.build.part,
         "token_width": m.token_width,
         "tokenizer": m.tokenizer,
         "input_bytes": report.input_bytes,
@@ -118,6 +138,17 @@ pub fn run_build(args: BuildArgs, threads: usize) -> Result<()> {
         "timings": report.timings,
         "tokens_per_s": m.tokens as f64 / report.timings.read_tokenize_s.max(1e-9),
     }))
+}
+
+/// One index from the parts of a sharded build (or from whole indexes of one tokenizer).
+pub fn run_merge(parts: Vec<PathBuf>, output: PathBuf, force: bool, quiet: bool) -> Result<()> {
+    index::remove_staging_on_signal()?;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let observer = Bar { bar, start: Instant::now() };
+    let report = index::merge(&parts, &output, force, &observer)
+        .with_context(|| format!("merging into {} failed; nothing was written there", output.display()))?;
+    observer.bar.finish_and_clear();
+    print_json(&serde_json::to_value(report)?)
 }
 
 /// Suffix arrays for token files another tool wrote.
